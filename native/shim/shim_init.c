@@ -1,0 +1,21 @@
+/* MPI_Init / MPI_Init_thread / MPI_Finalize: attach to and leave the segment. */
+#include "shim.h"
+
+int MPI_Init(int *argc, char ***argv) {
+  int rc = PMPI_Init(argc, argv);
+  if (rc == MPI_SUCCESS) shim_attach_after_init(MPI_THREAD_SINGLE);
+  return rc;
+}
+
+int MPI_Init_thread(int *argc, char ***argv, int required, int *provided) {
+  int rc = PMPI_Init_thread(argc, argv, required, provided);
+  if (rc == MPI_SUCCESS) shim_attach_after_init(*provided);
+  return rc;
+}
+
+int MPI_Finalize(void) {
+  /* a call boundary like any other: a rank may be held here */
+  SHIM_SAFE_POINT();
+  shim_detach_at_finalize();
+  return PMPI_Finalize();
+}

@@ -1,0 +1,392 @@
+/*
+ * Point-to-point interposition. Sends are counted when started. Blocking
+ * sends stay real blocking calls: they finish because a held receiver drains.
+ * Blocking receives and probes wait on another rank's future action, which a
+ * hold may withhold, so they run as nonblocking calls in a test loop that
+ * watches the command word (a safe point inside the call).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim.h"
+
+static inline int world_dest(MPI_Comm comm, int rank) {
+  if (rank < 0) return -1;
+  if (comm == MPI_COMM_WORLD) return rank;
+  return shim_world_of(shim_comm_get(comm), rank);
+}
+
+static inline void count_recv_status(MPI_Comm comm, const MPI_Status *st) {
+  int cancelled = 0;
+  if (st->MPI_SOURCE < 0) return;
+  PMPI_Test_cancelled(st, &cancelled);
+  if (!cancelled) shim_count_recvd(world_dest(comm, st->MPI_SOURCE));
+}
+
+static void track_send(MPI_Request req, int kind, int peer) {
+  shim_req *e = shim_req_add(req, kind);
+  if (!e) return;
+  e->peer_world = peer;
+  if (kind == RK_SEND) SHIM_SLOT_ADD(pending_sends, 1);
+  else e->active = 0; /* persistent: inactive until MPI_Start */
+}
+
+static shim_req *track_recv(MPI_Request req, int kind, MPI_Comm comm) {
+  shim_req *e = shim_req_add(req, kind);
+  if (!e) return NULL;
+  e->comm = shim_comm_get(comm);
+  if (e->comm) e->comm->refs++;
+  if (kind == RK_RECV) SHIM_SLOT_ADD(pending_recvs, 1);
+  else e->active = 0;
+  return e;
+}
+
+/* Wait for one private request, staying a safe point while it is open. */
+static int wait_private(MPI_Request *r, MPI_Status *st) {
+  int flag = 0, rc;
+  for (;;) {
+    if (shim_blocked_tick()) continue;
+    rc = PMPI_Test(r, &flag, st);
+    if (flag || rc != MPI_SUCCESS) return rc;
+  }
+}
+
+/* ---- sends ------------------------------------------------------------- */
+
+#define BLOCKING_SEND(NAME)                                                                \
+  int MPI_##NAME(const void *buf, int count, MPI_Datatype dt, int dest, int tag,          \
+                 MPI_Comm comm) {                                                          \
+    SHIM_SAFE_POINT();                                                                     \
+    int peer = world_dest(comm, dest);                                                     \
+    shim_count_sent(peer);                                                                 \
+    return PMPI_##NAME(buf, count, dt, dest, tag, comm);                                   \
+  }
+BLOCKING_SEND(Send)
+BLOCKING_SEND(Bsend)
+BLOCKING_SEND(Ssend)
+BLOCKING_SEND(Rsend)
+
+#define NB_SEND(NAME)                                                                      \
+  int MPI_##NAME(const void *buf, int count, MPI_Datatype dt, int dest, int tag,          \
+                 MPI_Comm comm, MPI_Request *req) {                                        \
+    SHIM_SAFE_POINT();                                                                     \
+    int peer = world_dest(comm, dest);                                                     \
+    shim_count_sent(peer);                                                                 \
+    int rc = PMPI_##NAME(buf, count, dt, dest, tag, comm, req);                            \
+    if (rc == MPI_SUCCESS && peer >= 0) track_send(*req, RK_SEND, peer);                   \
+    return rc;                                                                             \
+  }
+NB_SEND(Isend)
+NB_SEND(Ibsend)
+NB_SEND(Issend)
+NB_SEND(Irsend)
+
+#define PERSISTENT_SEND(NAME)                                                              \
+  int MPI_##NAME(const void *buf, int count, MPI_Datatype dt, int dest, int tag,          \
+                 MPI_Comm comm, MPI_Request *req) {                                        \
+    SHIM_SAFE_POINT();                                                                     \
+    int rc = PMPI_##NAME(buf, count, dt, dest, tag, comm, req);                            \
+    if (rc == MPI_SUCCESS) track_send(*req, RK_PSEND, world_dest(comm, dest));             \
+    return rc;                                                                             \
+  }
+PERSISTENT_SEND(Send_init)
+PERSISTENT_SEND(Bsend_init)
+PERSISTENT_SEND(Ssend_init)
+PERSISTENT_SEND(Rsend_init)
+
+/* ---- receives ----------------------------------------------------------- */
+
+int MPI_Recv(void *buf, int count, MPI_Datatype dt, int source, int tag, MPI_Comm comm,
+             MPI_Status *status) {
+  SHIM_SAFE_POINT();
+  if (SHIM_UNLIKELY(shim_drained_count)) {
+    shim_msg *m = shim_drain_match(comm, source, tag, 1);
+    if (m) return shim_msg_deliver(m, buf, count, dt, comm, status);
+  }
+  if (source == MPI_PROC_NULL) return PMPI_Recv(buf, count, dt, source, tag, comm, status);
+  MPI_Request r;
+  MPI_Status local, *st = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Irecv(buf, count, dt, source, tag, comm, &r);
+  if (rc != MPI_SUCCESS) return rc;
+  rc = wait_private(&r, st);
+  count_recv_status(comm, st);
+  SHIM_BOUNDARY();
+  return rc;
+}
+
+int MPI_Irecv(void *buf, int count, MPI_Datatype dt, int source, int tag, MPI_Comm comm,
+              MPI_Request *req) {
+  SHIM_SAFE_POINT();
+  if (SHIM_UNLIKELY(shim_drained_count)) {
+    shim_msg *m = shim_drain_match(comm, source, tag, 1);
+    if (m) return shim_msg_irecv(m, buf, count, dt, comm, req);
+  }
+  int rc = PMPI_Irecv(buf, count, dt, source, tag, comm, req);
+  if (rc == MPI_SUCCESS && source != MPI_PROC_NULL) track_recv(*req, RK_RECV, comm);
+  return rc;
+}
+
+int MPI_Recv_init(void *buf, int count, MPI_Datatype dt, int source, int tag, MPI_Comm comm,
+                  MPI_Request *req) {
+  SHIM_SAFE_POINT();
+  int rc = PMPI_Recv_init(buf, count, dt, source, tag, comm, req);
+  if (rc != MPI_SUCCESS) return rc;
+  shim_req *e = track_recv(*req, RK_PRECV, comm);
+  if (e) {
+    e->buf = buf;
+    e->count = count;
+    e->dt = dt;
+    e->src = source;
+    e->tag = tag;
+  }
+  return rc;
+}
+
+/* Start one persistent request; a receive may be satisfied from the buffer. */
+static int start_one(MPI_Request *req) {
+  shim_req *e = shim_req_find(*req);
+  if (e && e->kind == RK_PSEND) {
+    shim_count_sent(e->peer_world);
+    e->active = 1;
+    e->done = 0;
+    SHIM_SLOT_ADD(pending_sends, 1);
+  } else if (e && e->kind == RK_PRECV) {
+    e->active = 1;
+    e->done = 0;
+    e->counted = 0;
+    if (shim_drained_count && e->comm) {
+      shim_msg *m = shim_drain_match(e->comm->comm, e->src, e->tag, 1);
+      if (m) {
+        /* complete it ourselves; MPI keeps an inactive request meanwhile */
+        MPI_Comm comm = e->comm->comm;
+        shim_msg_deliver(m, e->buf, e->count, e->dt, comm, &e->st);
+        e->shim_done = 1;
+        e->done = 1;
+        e->counted = 1;
+        shim_shim_done_count++;
+        return MPI_SUCCESS;
+      }
+    }
+    SHIM_SLOT_ADD(pending_recvs, 1);
+  }
+  return PMPI_Start(req);
+}
+
+int MPI_Start(MPI_Request *req) {
+  SHIM_SAFE_POINT();
+  return start_one(req);
+}
+
+int MPI_Startall(int count, MPI_Request reqs[]) {
+  SHIM_SAFE_POINT();
+  for (int i = 0; i < count; i++) {
+    int rc = start_one(&reqs[i]);
+    if (rc != MPI_SUCCESS) return rc;
+  }
+  return MPI_SUCCESS;
+}
+
+/* ---- send + receive ------------------------------------------------------ */
+
+int MPI_Sendrecv(const void *sendbuf, int sendcount, MPI_Datatype sendtype, int dest, int sendtag,
+                 void *recvbuf, int recvcount, MPI_Datatype recvtype, int source, int recvtag,
+                 MPI_Comm comm, MPI_Status *status) {
+  SHIM_SAFE_POINT();
+  int peer = world_dest(comm, dest);
+  MPI_Status local, *st = status == MPI_STATUS_IGNORE ? &local : status;
+  shim_msg *m = shim_drained_count ? shim_drain_match(comm, source, recvtag, 1) : NULL;
+  if (m) {
+    shim_count_sent(peer);
+    int rc = PMPI_Send(sendbuf, sendcount, sendtype, dest, sendtag, comm);
+    int rc2 = shim_msg_deliver(m, recvbuf, recvcount, recvtype, comm, status);
+    return rc != MPI_SUCCESS ? rc : rc2;
+  }
+  MPI_Request r[2];
+  MPI_Status sts[2];
+  int rc = PMPI_Irecv(recvbuf, recvcount, recvtype, source, recvtag, comm, &r[0]);
+  if (rc != MPI_SUCCESS) return rc;
+  shim_count_sent(peer);
+  rc = PMPI_Isend(sendbuf, sendcount, sendtype, dest, sendtag, comm, &r[1]);
+  if (rc != MPI_SUCCESS) return rc;
+  int flag = 0;
+  for (;;) {
+    if (shim_blocked_tick()) continue;
+    rc = PMPI_Testall(2, r, &flag, sts);
+    if (flag || rc != MPI_SUCCESS) break;
+  }
+  *st = sts[0];
+  count_recv_status(comm, st);
+  SHIM_BOUNDARY();
+  return rc;
+}
+
+/* Scratch for Sendrecv_replace's incoming copy; grows, never on the hot path
+ * of ordinary sends and receives. */
+static unsigned char *replace_buf;
+static size_t replace_cap;
+
+int MPI_Sendrecv_replace(void *buf, int count, MPI_Datatype dt, int dest, int sendtag,
+                         int source, int recvtag, MPI_Comm comm, MPI_Status *status) {
+  SHIM_SAFE_POINT();
+  int peer = world_dest(comm, dest);
+  shim_msg *m = shim_drained_count ? shim_drain_match(comm, source, recvtag, 1) : NULL;
+  if (m) {
+    shim_count_sent(peer);
+    int rc = PMPI_Send(buf, count, dt, dest, sendtag, comm);
+    int rc2 = shim_msg_deliver(m, buf, count, dt, comm, status);
+    return rc != MPI_SUCCESS ? rc : rc2;
+  }
+  int bytes = 0;
+  PMPI_Pack_size(count, dt, comm, &bytes);
+  if ((size_t)bytes > replace_cap) {
+    unsigned char *n = realloc(replace_buf, (size_t)bytes);
+    if (!n) return PMPI_Comm_call_errhandler(comm, MPI_ERR_NO_MEM), MPI_ERR_NO_MEM;
+    replace_buf = n;
+    replace_cap = (size_t)bytes;
+  }
+  MPI_Request r[2];
+  MPI_Status sts[2];
+  int rc = PMPI_Irecv(replace_buf, bytes, MPI_PACKED, source, recvtag, comm, &r[0]);
+  if (rc != MPI_SUCCESS) return rc;
+  shim_count_sent(peer);
+  rc = PMPI_Isend(buf, count, dt, dest, sendtag, comm, &r[1]);
+  if (rc != MPI_SUCCESS) return rc;
+  int flag = 0;
+  for (;;) {
+    if (shim_blocked_tick()) continue;
+    rc = PMPI_Testall(2, r, &flag, sts);
+    if (flag || rc != MPI_SUCCESS) break;
+  }
+  int got = 0, pos = 0, one = 0;
+  PMPI_Get_count(&sts[0], MPI_BYTE, &got);
+  PMPI_Pack_size(1, dt, comm, &one);
+  int n = one > 0 ? got / one : 0;
+  if (n > 0 && sts[0].MPI_SOURCE >= 0) PMPI_Unpack(replace_buf, got, &pos, buf, n, dt, comm);
+  count_recv_status(comm, &sts[0]);
+  if (status != MPI_STATUS_IGNORE) {
+    status->MPI_SOURCE = sts[0].MPI_SOURCE;
+    status->MPI_TAG = sts[0].MPI_TAG;
+    status->MPI_ERROR = sts[0].MPI_ERROR;
+    PMPI_Status_set_elements_x(status, MPI_BYTE, (MPI_Count)got);
+    PMPI_Status_set_cancelled(status, 0);
+  }
+  SHIM_BOUNDARY();
+  return rc;
+}
+
+/* ---- probes ----------------------------------------------------------------- */
+
+int MPI_Iprobe(int source, int tag, MPI_Comm comm, int *flag, MPI_Status *status) {
+  SHIM_SAFE_POINT();
+  if (SHIM_UNLIKELY(shim_drained_count)) {
+    shim_msg *m = shim_drain_match(comm, source, tag, 0);
+    if (m) {
+      *flag = 1;
+      shim_msg_status(m, status);
+      return MPI_SUCCESS;
+    }
+  }
+  return PMPI_Iprobe(source, tag, comm, flag, status);
+}
+
+int MPI_Probe(int source, int tag, MPI_Comm comm, MPI_Status *status) {
+  SHIM_SAFE_POINT();
+  if (source == MPI_PROC_NULL) return PMPI_Probe(source, tag, comm, status);
+  for (;;) {
+    if (shim_drained_count) {
+      shim_msg *m = shim_drain_match(comm, source, tag, 0);
+      if (m) {
+        shim_msg_status(m, status);
+        break;
+      }
+    }
+    if (shim_blocked_tick()) continue;
+    int flag = 0, rc = PMPI_Iprobe(source, tag, comm, &flag, status);
+    if (rc != MPI_SUCCESS) return rc;
+    if (flag) break;
+  }
+  SHIM_BOUNDARY();
+  return MPI_SUCCESS;
+}
+
+/* A matched probe removes the message from MPI's queue: count it as received
+ * now (the comm is known only here; MPI_Mrecv has none). */
+static void count_matched(MPI_Comm comm, MPI_Message msg, const MPI_Status *st) {
+  if (msg != MPI_MESSAGE_NO_PROC && msg != MPI_MESSAGE_NULL) count_recv_status(comm, st);
+}
+
+int MPI_Improbe(int source, int tag, MPI_Comm comm, int *flag, MPI_Message *message,
+                MPI_Status *status) {
+  SHIM_SAFE_POINT();
+  if (SHIM_UNLIKELY(shim_drained_count)) {
+    shim_msg *m = shim_drain_match(comm, source, tag, 1);
+    if (m) {
+      *flag = 1;
+      shim_msg_status(m, status);
+      *message = shim_msg_claim(m);
+      return MPI_SUCCESS;
+    }
+  }
+  MPI_Status local, *st = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Improbe(source, tag, comm, flag, message, st);
+  if (rc == MPI_SUCCESS && *flag) count_matched(comm, *message, st);
+  return rc;
+}
+
+int MPI_Mprobe(int source, int tag, MPI_Comm comm, MPI_Message *message, MPI_Status *status) {
+  SHIM_SAFE_POINT();
+  if (source == MPI_PROC_NULL) return PMPI_Mprobe(source, tag, comm, message, status);
+  MPI_Status local, *st = status == MPI_STATUS_IGNORE ? &local : status;
+  for (;;) {
+    if (shim_drained_count) {
+      shim_msg *m = shim_drain_match(comm, source, tag, 1);
+      if (m) {
+        shim_msg_status(m, st);
+        *message = shim_msg_claim(m);
+        break;
+      }
+    }
+    if (shim_blocked_tick()) continue;
+    int flag = 0, rc = PMPI_Improbe(source, tag, comm, &flag, message, st);
+    if (rc != MPI_SUCCESS) return rc;
+    if (flag) {
+      count_matched(comm, *message, st);
+      break;
+    }
+  }
+  SHIM_BOUNDARY();
+  return MPI_SUCCESS;
+}
+
+int MPI_Mrecv(void *buf, int count, MPI_Datatype dt, MPI_Message *message, MPI_Status *status) {
+  SHIM_SAFE_POINT();
+  if (SHIM_UNLIKELY(shim_claimed_count) && shim_msg_is_fake(*message)) {
+    shim_msg *m = shim_msg_unclaim(*message);
+    MPI_Comm comm = m->comm;
+    *message = MPI_MESSAGE_NULL;
+    return shim_msg_deliver(m, buf, count, dt, comm, status);
+  }
+  /* already matched: only the data transfer is left, which the sender's
+     progress finishes (a held sender keeps progressing) */
+  return PMPI_Mrecv(buf, count, dt, message, status);
+}
+
+int MPI_Imrecv(void *buf, int count, MPI_Datatype dt, MPI_Message *message, MPI_Request *req) {
+  SHIM_SAFE_POINT();
+  if (SHIM_UNLIKELY(shim_claimed_count) && shim_msg_is_fake(*message)) {
+    shim_msg *m = shim_msg_unclaim(*message);
+    MPI_Comm comm = m->comm;
+    *message = MPI_MESSAGE_NULL;
+    return shim_msg_irecv(m, buf, count, dt, comm, req);
+  }
+  int no_proc = *message == MPI_MESSAGE_NO_PROC;
+  int rc = PMPI_Imrecv(buf, count, dt, message, req);
+  if (rc == MPI_SUCCESS && !no_proc) {
+    shim_req *e = shim_req_add(*req, RK_RECV);
+    if (e) {
+      e->counted = 1; /* counted at the matched probe */
+      SHIM_SLOT_ADD(pending_recvs, 1);
+    }
+  }
+  return rc;
+}
