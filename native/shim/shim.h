@@ -120,6 +120,11 @@ typedef struct shim_globals {
   int attached;                 /* slot claimed in a live segment */
   int inited;                   /* MPI_Init done */
   const uint32_t *cmdp;         /* &hdr->cmd, or &local_run when detached */
+  uint64_t tally;               /* local count of counter updates, so a held
+                                   rank knows to tell the agent */
+  uint64_t tally_published;
+  uint32_t run_word;            /* the command word we last acted on while
+                                   running: the fast path compares to it */
   symbio_seg_header *hdr;
   size_t map_bytes;
   symbio_slot_fixed *slot;
@@ -154,22 +159,25 @@ int shim_hold_step(void);
 
 /* Every intercepted call starts here: count the call (progress witness) and
  * look at the command word once. */
+/* Anything new in the command word since we last acted on it? */
+#define SHIM_CMD_NEW() SHIM_UNLIKELY(shim_cmd_word() != shim_g.run_word)
+
 /* Exit boundary of a call that may have been held: do not return to the
  * application while a hold is on. */
-#define SHIM_BOUNDARY()                                                           \
-  do {                                                                            \
-    if (SHIM_UNLIKELY(shim_cmd_word() & SYMBIO_CMD_MASK)) shim_safe_point_slow(); \
+#define SHIM_BOUNDARY()                          \
+  do {                                           \
+    if (SHIM_CMD_NEW()) shim_safe_point_slow();  \
   } while (0)
 
-#define SHIM_SAFE_POINT()                                                         \
-  do {                                                                            \
-    SHIM_SLOT_ADD(pmpi_calls, 1);                                                 \
-    if (SHIM_UNLIKELY(shim_cmd_word() & SYMBIO_CMD_MASK)) shim_safe_point_slow(); \
+#define SHIM_SAFE_POINT()                        \
+  do {                                           \
+    SHIM_SLOT_ADD(pmpi_calls, 1);                \
+    if (SHIM_CMD_NEW()) shim_safe_point_slow();  \
   } while (0)
 
 /* Inside test loops: returns non-zero when the loop must skip MPI this turn. */
 static inline int shim_blocked_tick(void) {
-  if (SHIM_LIKELY(!(shim_cmd_word() & SYMBIO_CMD_MASK))) return 0;
+  if (SHIM_LIKELY(shim_cmd_word() == shim_g.run_word)) return 0;
   return shim_hold_step() == HS_FROZEN;
 }
 
@@ -178,18 +186,21 @@ static inline void shim_count_sent(int world_peer) {
   if (world_peer >= 0 && world_peer < shim_g.world_size) {
     uint64_t *p = &shim_g.sent[world_peer];
     __atomic_store_n(p, *p + 1, __ATOMIC_RELAXED);
+    shim_g.tally++;
   }
 }
 static inline void shim_uncount_sent(int world_peer) {
   if (world_peer >= 0 && world_peer < shim_g.world_size) {
     uint64_t *p = &shim_g.sent[world_peer];
     __atomic_store_n(p, *p - 1, __ATOMIC_RELAXED);
+    shim_g.tally++;
   }
 }
 static inline void shim_count_recvd(int world_peer) {
   if (world_peer >= 0 && world_peer < shim_g.world_size) {
     uint64_t *p = &shim_g.recvd[world_peer];
     __atomic_store_n(p, *p + 1, __ATOMIC_RELAXED);
+    shim_g.tally++;
   }
 }
 

@@ -66,6 +66,7 @@ static long futex(uint32_t *addr, int op, uint32_t val, const struct timespec *t
 
 void shim_changed(void) {
   if (!shim_g.attached) return;
+  shim_g.tally_published = shim_g.tally;
   __atomic_store_n(&shim_g.slot->change_seq, shim_g.slot->change_seq + 1, __ATOMIC_RELEASE);
   __atomic_fetch_add(&shim_g.hdr->agent_wake, 1, __ATOMIC_RELEASE);
   futex(&shim_g.hdr->agent_wake, FUTEX_WAKE, 1, NULL);
@@ -251,6 +252,7 @@ static int attach_segment(const char *name) {
     shim_g.ignore_epoch = SYMBIO_CMD_EPOCH(w);
     shim_g.have_ignore = 1;
   }
+  shim_g.run_word = SYMBIO_CMD_OF(w) == SYMBIO_CMD_RUN ? w : SYMBIO_CMD_WORD(0, SYMBIO_CMD_RUN);
   shim_g.cmdp = &h->cmd;
   return 0;
 }
@@ -278,6 +280,7 @@ void shim_detach_at_finalize(void) {
   if (!shim_g.attached) return;
   set_state(SYMBIO_ST_FINALIZED);
   shim_g.cmdp = &local_run;
+  shim_g.run_word = local_run;
   if (shim_g.agent_pidfd >= 0) close(shim_g.agent_pidfd);
   shim_g.agent_pidfd = -1;
   /* keep the mapping: counters stay readable until the process exits */
@@ -304,6 +307,7 @@ static void resume_by_myself(uint32_t epoch, int reason) {
     shim_log("resuming by myself: the symbio agent (pid %d) is gone", shim_g.agent_pid);
     set_state(SYMBIO_ST_DETACHED);
     shim_g.cmdp = &local_run; /* never look at the segment again */
+    shim_g.run_word = local_run;
   } else {
     shim_log("resuming by myself: no RESUME within %u ms", shim_g.hdr->resume_timeout_ms);
     set_state(SYMBIO_ST_RUNNING);
@@ -333,14 +337,18 @@ static void sleep_on_cmd(uint32_t seen, uint64_t ns) {
 static unsigned idle_spins;
 
 int shim_hold_step(void) {
-  if (shim_g.unsupported || !shim_g.attached) return HS_PROCEED;
   uint32_t w = __atomic_load_n(shim_g.cmdp, __ATOMIC_ACQUIRE);
   uint32_t cmd = SYMBIO_CMD_OF(w), epoch = SYMBIO_CMD_EPOCH(w);
+  if (shim_g.unsupported || !shim_g.attached) {
+    shim_g.run_word = w; /* never hold a job we cannot quiesce */
+    return HS_PROCEED;
+  }
   if (cmd == SYMBIO_CMD_RUN || (shim_g.have_ignore && epoch == shim_g.ignore_epoch)) {
     if (shim_g.slot->state != SYMBIO_ST_RUNNING) {
-      SHIM_SLOT_SET(ack_epoch, epoch);
+      if (cmd == SYMBIO_CMD_RUN) SHIM_SLOT_SET(ack_epoch, epoch);
       set_state(SYMBIO_ST_RUNNING);
     }
+    shim_g.run_word = w; /* the fast path may skip us until the word changes */
     return HS_PROCEED;
   }
   uint64_t now = shim_now_ns();
@@ -384,6 +392,8 @@ int shim_hold_step(void) {
   SHIM_SLOT_ADD(pmpi_calls, 1);
   int moved = shim_drain_all();
   moved |= shim_req_poll_all();
+  /* counters moved by a call that completed while we were held */
+  moved |= shim_g.tally != shim_g.tally_published;
   if (moved) {
     idle_spins = 0;
     shim_changed();

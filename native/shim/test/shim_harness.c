@@ -213,7 +213,10 @@ int main(int argc, char **argv) {
     set_cmd(epoch, SYMBIO_CMD_RUN);
     done++;
   }
-  fprintf(stderr, "harness: %d cycles completed, %d aborted, %d bad\n", done, aborted, bad);
+  unsigned long long drained = 0;
+  for (uint32_t i = 0; i < H->slot_count; i++) drained += symbio_slot_at(H, i)->drained_total;
+  fprintf(stderr, "harness: %d cycles completed, %d aborted, %d bad, %llu messages drained\n", done,
+          aborted, bad, drained);
   if (bad) return 99;
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
