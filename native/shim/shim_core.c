@@ -277,6 +277,11 @@ int shim_attach_after_init(int provided) {
 }
 
 void shim_detach_at_finalize(void) {
+  if (shim_g.verbose)
+    shim_log("finalize: %zu requests tracked, pending sends %u recvs %u colls %u, %d drained "
+             "messages never received",
+             shim_req_count(), shim_g.slot->pending_sends, shim_g.slot->pending_recvs,
+             shim_g.slot->pending_colls, shim_drained_count);
   if (!shim_g.attached) return;
   set_state(SYMBIO_ST_FINALIZED);
   shim_g.cmdp = &local_run;
