@@ -7,7 +7,7 @@
  * rank makes MPI progress for a while, RESUME.
  *
  *   shim_harness [-c cycles] [-i interval_ms] [-t resume_timeout_ms]
- *                [-k kill_agent_after_freezes] -- mpirun args...
+ *                [-k kill_agent_after_freezes] [-m min_completed] -- mpirun args...
  *
  * Exit status: the job's, or 99 when a quiescence check failed. The job's
  * stdout passes through; the harness reports on stderr.
@@ -133,15 +133,16 @@ static uint64_t progress_sum(void) {
 }
 
 int main(int argc, char **argv) {
-  int cycles = 50, interval = 20, kill_after = -1, timeout_ms = 10000, slots = 16;
+  int cycles = 50, interval = 20, kill_after = -1, timeout_ms = 10000, slots = 16, min_done = 0;
   int opt;
-  while ((opt = getopt(argc, argv, "+c:i:t:k:n:")) != -1) {
+  while ((opt = getopt(argc, argv, "+c:i:t:k:n:m:")) != -1) {
     if (opt == 'c') cycles = atoi(optarg);
     else if (opt == 'i') interval = atoi(optarg);
     else if (opt == 't') timeout_ms = atoi(optarg);
     else if (opt == 'k') kill_after = atoi(optarg);
     else if (opt == 'n') slots = atoi(optarg);
-    else return fprintf(stderr, "usage: shim_harness [-c N] [-i ms] [-t ms] [-k N] [-n slots] -- mpirun ...\n"), 2;
+    else if (opt == 'm') min_done = atoi(optarg);
+    else return fprintf(stderr, "usage: shim_harness [-c N] [-i ms] [-t ms] [-k N] [-n slots] [-m min_completed] -- mpirun ...\n"), 2;
   }
   if (optind >= argc) return fprintf(stderr, "shim_harness: no command\n"), 2;
   snprintf(shm_name, sizeof shm_name, "/symbio-harness-%d", (int)getpid());
@@ -218,5 +219,6 @@ int main(int argc, char **argv) {
   fprintf(stderr, "harness: %d cycles completed, %d aborted, %d bad, %llu messages drained\n", done,
           aborted, bad, drained);
   if (bad) return 99;
+  if (done < min_done) return fprintf(stderr, "harness: fewer than %d cycles completed\n", min_done), 98;
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
