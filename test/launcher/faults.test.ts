@@ -1,0 +1,161 @@
+/**
+ * Fault cases of the quiesce layer, on real Open MPI jobs:
+ * - the agent (launcher) killed while ranks are FROZEN: ranks resume by
+ *   themselves and the job still finishes with the right output;
+ * - RESUME never comes: ranks resume by themselves after the limit;
+ * - a rank killed mid-run: a rank-exit event reaches TypeScript;
+ * - a corrupted segment: the shim says what is wrong and the job runs;
+ * - a job using an unsupported feature (RMA): quiesce is refused with the
+ *   reason, the job is not harmed.
+ */
+import t from 'tap';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { controlRequest } from '../../src/agent/control-server.js';
+import { descriptionPath, runtimeDir, type JobDescription } from '../../src/agent/runtime-dir.js';
+import { launch } from '../../src/launcher/launcher.js';
+import { logger } from '../../src/log.js';
+import type { NodeAgent, AttachedRank } from '../../src/agent/node-agent.js';
+import { mpiCommon, plainMpirun, prog, run, start, symbioMpirun } from '../helpers/mpi.js';
+import { nativeArtifact } from '../../src/util/package-root.js';
+
+const quiet = logger.child({ test: 'faults' });
+quiet.level = 'warn';
+
+/** Wait until the launcher with this job id has published its socket and all ranks attached. */
+async function waitForJob(jobId: string, np: number, timeoutMs = 60_000): Promise<JobDescription> {
+  const t0 = Date.now();
+  for (;;) {
+    const p = descriptionPath(runtimeDir(), jobId);
+    if (existsSync(p)) {
+      const desc = JSON.parse(readFileSync(p, 'utf8')) as JobDescription;
+      const reply = await controlRequest(desc.socket, { op: 'status' }, 5_000).catch(() => null);
+      const ranks = reply && reply.ok ? (reply.result as { ranks: { state: string }[] }).ranks : [];
+      if (ranks.filter((r) => r.state === 'running').length === np) return desc;
+    }
+    if (Date.now() - t0 > timeoutMs) throw new Error(`job ${jobId} did not come up within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+t.test('agent killed while ranks are frozen: ranks resume by themselves, job finishes correctly', async (t) => {
+  const plain = await plainMpirun(4, 'ring');
+  const jobId = `kill-agent-${process.pid}`;
+  const { child, done } = start(process.execPath, [
+    symbioMpirun, '--job-id', jobId, '--resume-timeout', '60000', ...mpiCommon, '-np', '4', prog('ring'),
+  ]);
+  const desc = await waitForJob(jobId, 4);
+  const reply = await controlRequest(desc.socket, { op: 'quiesce', freeze: true, timeoutMs: 20_000 }, 25_000);
+  t.ok(reply.ok, `quiesce answered: ${JSON.stringify(reply).slice(0, 200)}`);
+  t.equal((reply as { result: { frozen: boolean } }).result.frozen, true, 'all ranks frozen');
+  const killedAt = Date.now();
+  child.kill('SIGKILL'); // the agent dies; mpirun and the frozen ranks live on
+  const r = await done;
+  t.equal(r.stdout, plain.stdout, 'the job finished with the same output as a plain run');
+  const resumed = r.stderr.match(/resuming by myself: the symbio agent \(pid \d+\) is gone/g) ?? [];
+  t.equal(resumed.length, 4, 'every rank said why it resumed by itself');
+  t.ok(Date.now() - killedAt < 60_000, 'well before the resume limit');
+  // SIGKILL leaves the agent no chance to clean up: remove its segment and files
+  rmSync(`/dev/shm${desc.segment}`, { force: true });
+  rmSync(desc.socket, { force: true });
+  rmSync(descriptionPath(runtimeDir(), jobId), { force: true });
+});
+
+t.test('RESUME never comes: ranks resume by themselves after the limit', async (t) => {
+  const plain = await plainMpirun(4, 'ring');
+  const jobId = `no-resume-${process.pid}`;
+  const { done } = start(process.execPath, [
+    symbioMpirun, '--job-id', jobId, '--resume-timeout', '700', ...mpiCommon, '-np', '4', prog('ring'),
+  ]);
+  const desc = await waitForJob(jobId, 4);
+  const reply = await controlRequest(desc.socket, { op: 'quiesce', freeze: true, timeoutMs: 20_000 }, 25_000);
+  t.ok(reply.ok, 'frozen');
+  const t0 = Date.now();
+  // watch the ranks come back by themselves
+  let running = 0;
+  while (Date.now() - t0 < 10_000) {
+    const s = await controlRequest(desc.socket, { op: 'status' }, 5_000);
+    running = s.ok ? (s.result as { ranks: { state: string }[] }).ranks.filter((x) => x.state === 'running').length : -1;
+    if (running === 4) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const waited = Date.now() - t0;
+  t.equal(running, 4, `all ranks running again after ${waited} ms`);
+  t.ok(waited >= 300 && waited < 5_000, 'about when the 700 ms limit ran out');
+  const r = await done;
+  t.equal(r.code, 0);
+  t.equal(r.stdout, plain.stdout, 'output unchanged');
+  t.match(r.stderr, /resuming by myself: no RESUME within 700 ms/);
+});
+
+t.test('a rank killed mid-run is an event in TypeScript', async (t) => {
+  const exits: AttachedRank[] = [];
+  let agent: NodeAgent | null = null;
+  const result = await launch({
+    argv: [...mpiCommon, '-np', '3', prog('crash'), 'die'],
+    log: quiet,
+    onStarted: (c) => {
+      agent = c.agent;
+      c.agent.on('rank-exit', (r) => exits.push(r));
+    },
+  });
+  t.ok(agent, 'agent ran');
+  t.not(result.exitCode, 0, `the job failed (exit ${result.exitCode})`);
+  t.ok(exits.some((r) => r.worldRank === 2), `rank-exit event for world rank 2 (events: ${JSON.stringify(exits)})`);
+});
+
+t.test('a corrupted control segment: the shim says what is wrong and the job runs', async (t) => {
+  const name = `/symbio-corrupt-${process.pid}`;
+  writeFileSync(`/dev/shm${name}`, Buffer.alloc(8192, 0x5a), { mode: 0o600 });
+  t.teardown(() => rmSync(`/dev/shm${name}`, { force: true }));
+  const plain = await plainMpirun(2, 'ring', ['200']);
+  const r = await run('mpirun', [
+    ...mpiCommon, '-np', '2', '-x', `LD_PRELOAD=${nativeArtifact('libsymbio-shim.so')}`, '-x', `SYMBIO_SEGMENT=${name}`, prog('ring'), '200',
+  ]);
+  t.equal(r.code, 0, 'job ran');
+  t.equal(r.stdout, plain.stdout, 'with the right output');
+  t.match(r.stderr, /control segment .* is invalid: bad magic/, 'one clear line per rank');
+  t.notMatch(r.stderr, /Segmentation|signal 11/, 'no crash');
+});
+
+t.test('an unsupported feature (RMA): quiesce refused with the reason, job unharmed', async (t) => {
+  const plain = await plainMpirun(2, 'rma');
+  const jobId = `rma-${process.pid}`;
+  const { done } = start(process.execPath, [symbioMpirun, '--job-id', jobId, ...mpiCommon, '-np', '2', prog('rma')]);
+  const desc = await waitForJob(jobId, 2);
+  // the shim marks the job at MPI_Win_create; ask until it has
+  let reply = await controlRequest(desc.socket, { op: 'quiesce', timeoutMs: 5_000 }, 10_000);
+  for (let i = 0; i < 50 && reply.ok; i++) {
+    await controlRequest(desc.socket, { op: 'resume' }, 10_000);
+    await new Promise((r) => setTimeout(r, 50));
+    reply = await controlRequest(desc.socket, { op: 'quiesce', timeoutMs: 5_000 }, 10_000);
+  }
+  t.notOk(reply.ok, 'quiesce refused');
+  t.match((reply as { error: string }).error, /unsupported|one-sided|rma/i, `says why: ${(reply as { error?: string }).error}`);
+  const r = await done;
+  t.equal(r.code, 0);
+  t.equal(r.stdout, plain.stdout, 'output unchanged');
+  const said = r.stderr.match(/one-sided communication \(MPI_Win_\*\) is not supported/g) ?? [];
+  t.equal(said.length, 2, 'each rank said so once');
+});
+
+t.test('bad input: clear one-line errors and exit code 2', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'symbio-bad-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const cases: Array<[string, string[], NodeJS.ProcessEnv, RegExp]> = [
+    ['program not found', ['-np', '2', './no-such-program'], {}, /program '.\/no-such-program' not found/],
+    ['no program', ['-np', '2'], {}, /no program to run/],
+    ['bad -np', ['-np', 'many', prog('ring')], {}, /-np needs a positive integer/],
+    ['mpirun missing', ['-np', '2', prog('ring')], { PATH: dir }, /mpirun not found in PATH/],
+    ['not Open MPI', ['-np', '2', prog('ring')], { SYMBIO_MPIRUN: '/bin/true' }, /is not Open MPI's mpirun/],
+    ['shim not built', ['-np', '2', prog('ring')], { SYMBIO_SHIM: join(dir, 'libsymbio-shim.so') }, /shim is not built .* run npm run build/],
+  ];
+  for (const [what, args, env, re] of cases) {
+    const r = await run(process.execPath, [symbioMpirun, ...args], env);
+    t.equal(r.code, 2, `${what}: exit code 2`);
+    t.match(r.stderr, re, `${what}: says what is wrong`);
+    t.equal(r.stderr.trim().split('\n').length, 1, `${what}: one line`);
+  }
+});
