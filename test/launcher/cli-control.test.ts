@@ -1,0 +1,122 @@
+/**
+ * The operator's view of a running job: `symbio jobs`, `status`, `quiesce`
+ * and `resume` through the job's control socket, and that socket's
+ * behaviour on malformed input (errors, never a crash).
+ */
+import t from 'tap';
+import { connect } from 'node:net';
+import { statSync } from 'node:fs';
+import { controlRequest } from '../../src/agent/control-server.js';
+import { descriptionPath, runtimeDir, type JobDescription } from '../../src/agent/runtime-dir.js';
+import { mpiCommon, plainMpirun, prog, run, start, symbioCli, symbioMpirun } from '../helpers/mpi.js';
+import { readFileSync, existsSync } from 'node:fs';
+
+const jobId = `cli-${process.pid}`;
+
+async function waitForDescription(): Promise<JobDescription> {
+  const p = descriptionPath(runtimeDir(), jobId);
+  for (let i = 0; i < 600; i++) {
+    if (existsSync(p)) return JSON.parse(readFileSync(p, 'utf8')) as JobDescription;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('job did not start');
+}
+
+/** Send raw bytes, collect whatever comes back until the server closes or 2 s pass. */
+function rawExchange(socket: string, payload: string | Buffer): Promise<string> {
+  return new Promise((resolve) => {
+    const s = connect(socket);
+    let out = '';
+    const finish = (): void => {
+      s.destroy();
+      resolve(out);
+    };
+    const timer = setTimeout(finish, 2_000);
+    s.setEncoding('utf8');
+    s.on('connect', () => s.write(payload));
+    s.on('data', (d: string) => {
+      out += d;
+      if (out.includes('\n')) {
+        clearTimeout(timer);
+        setTimeout(finish, 50);
+      }
+    });
+    s.on('error', () => {
+      clearTimeout(timer);
+      finish();
+    });
+  });
+}
+
+t.test('operator commands on a running job', async (t) => {
+  const plain = await plainMpirun(4, 'halo2d');
+  const { done } = start(process.execPath, [symbioMpirun, '--job-id', jobId, ...mpiCommon, '-np', '4', prog('halo2d')]);
+  const desc = await waitForDescription();
+  t.equal(statSync(desc.socket).mode & 0o777, 0o600, 'control socket is 0600');
+  t.equal(statSync(runtimeDir()).mode & 0o077, 0, 'runtime directory is private');
+
+  const jobs = await run(process.execPath, [symbioCli, 'jobs', '--json']);
+  t.equal(jobs.code, 0);
+  t.ok((JSON.parse(jobs.stdout) as JobDescription[]).some((j) => j.jobId === jobId), 'symbio jobs lists it');
+
+  // ranks attach a moment after the job starts
+  let status: { ranks: { state: string }[] } = { ranks: [] };
+  for (let i = 0; i < 300 && status.ranks.length < 4; i++) {
+    const s = await run(process.execPath, [symbioCli, 'status', '--job', jobId, '--json']);
+    status = JSON.parse(s.stdout) as typeof status;
+    if (status.ranks.length < 4) await new Promise((r) => setTimeout(r, 100));
+  }
+  t.equal(status.ranks.length, 4, 'status shows 4 ranks');
+
+  const q = await run(process.execPath, [symbioCli, 'quiesce', '--job', jobId, '--json']);
+  t.equal(q.code, 0, `quiesce succeeded ${q.stderr}`);
+  const qr = JSON.parse(q.stdout) as { frozen: boolean; summary: { held: number } };
+  t.equal(qr.frozen, true, 'frozen');
+  t.equal(qr.summary.held, 4, 'all 4 ranks');
+
+  const again = await run(process.execPath, [symbioCli, 'quiesce', '--job', jobId]);
+  t.equal(again.code, 1, 'a second quiesce is refused');
+  t.match(again.stderr, /already under way/, 'with the reason');
+
+  const st = await run(process.execPath, [symbioCli, 'status', '--job', jobId]);
+  t.match(st.stdout, /command freeze/, 'human status shows the freeze');
+  t.equal((st.stdout.match(/frozen/g) ?? []).length, 4, 'four frozen ranks');
+
+  const r = await run(process.execPath, [symbioCli, 'resume', '--job', jobId, '--json']);
+  t.equal(r.code, 0, 'resume succeeded');
+  const rr = JSON.parse(r.stdout) as { frozenCheck: { ok: boolean } };
+  t.same(rr.frozenCheck, { ok: true }, 'no rank made MPI progress while frozen');
+
+  // malformed input on the socket: an error reply each time, server survives
+  const bad: Array<string | Buffer> = [
+    'not json\n',
+    '{"op":"explode"}\n',
+    '{"op":"quiesce","timeoutMs":-5}\n',
+    '{"op":"status","extra":1}\n',
+    '[1,2,3]\n',
+    Buffer.from([0xff, 0xfe, 0x00, 0x0a]),
+    'x'.repeat(70_000),
+  ];
+  for (const b of bad) {
+    const out = await rawExchange(desc.socket, b);
+    const first = out.split('\n')[0] ?? '';
+    t.match(first, /"ok":false/, `error reply for ${JSON.stringify(b.toString().slice(0, 30))}`);
+  }
+  const alive = await controlRequest(desc.socket, { op: 'status' }, 5_000);
+  t.ok(alive.ok, 'the control socket still answers');
+
+  const res = await done;
+  t.equal(res.code, 0, 'job exit code passed through');
+  t.equal(res.stdout, plain.stdout, 'job output unchanged');
+  t.notOk(existsSync(desc.socket), 'socket removed at exit');
+  t.notOk(existsSync(`/dev/shm${desc.segment}`), 'segment removed at exit');
+});
+
+t.test('no job: clear errors', async (t) => {
+  const r = await run(process.execPath, [symbioCli, 'quiesce', '--job', 'no-such-job']);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /no running job 'no-such-job'/);
+  const u = await run(process.execPath, [symbioCli, 'quiesce', '--timeout', 'soon', '--job', 'x']);
+  t.equal(u.code, 2);
+  t.match(u.stderr, /--timeout needs a positive integer/);
+});
