@@ -209,7 +209,8 @@ static inline void shim_count_recvd(int world_peer) {
   __atomic_store_n(&shim_g.slot->field, shim_g.slot->field + (delta), __ATOMIC_RELAXED)
 #define SHIM_SLOT_SET(field, v) __atomic_store_n(&shim_g.slot->field, (v), __ATOMIC_RELAXED)
 
-void shim_changed(void); /* bump change_seq and wake the agent */
+void shim_change_begin(void); /* mark the slot as being updated (odd seq) */
+void shim_changed(void);      /* done updating: even seq, wake the agent */
 void shim_mark_unsupported(int reason, const char *what);
 void shim_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 uint64_t shim_now_ns(void);

@@ -64,16 +64,30 @@ static long futex(uint32_t *addr, int op, uint32_t val, const struct timespec *t
   return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
 }
 
+/* change_seq is a seqlock: odd while the slow path updates the slot, even
+ * when done, so the agent's double collect never takes a half-made update
+ * for a consistent one. (A running rank's fast-path counter updates are not
+ * bracketed: the coordinator never trusts a rank that is not held.) */
+void shim_change_begin(void) {
+  if (!shim_g.attached) return;
+  uint32_t s = shim_g.slot->change_seq;
+  if (s & 1u) return;
+  __atomic_store_n(&shim_g.slot->change_seq, s + 1, __ATOMIC_RELAXED);
+  __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
 void shim_changed(void) {
   if (!shim_g.attached) return;
   shim_g.tally_published = shim_g.tally;
-  __atomic_store_n(&shim_g.slot->change_seq, shim_g.slot->change_seq + 1, __ATOMIC_RELEASE);
+  uint32_t s = shim_g.slot->change_seq;
+  __atomic_store_n(&shim_g.slot->change_seq, s + ((s & 1u) ? 1u : 2u), __ATOMIC_RELEASE);
   __atomic_fetch_add(&shim_g.hdr->agent_wake, 1, __ATOMIC_RELEASE);
   futex(&shim_g.hdr->agent_wake, FUTEX_WAKE, 1, NULL);
 }
 
 static void set_state(uint32_t st) {
   if (shim_g.slot->state == st) return;
+  shim_change_begin();
   uint64_t now = shim_now_ns();
   if (st == SYMBIO_ST_HELD) SHIM_SLOT_SET(held_ns, now);
   if (st == SYMBIO_ST_FROZEN) SHIM_SLOT_SET(frozen_ns, now);
@@ -210,22 +224,21 @@ static int attach_segment(const char *name) {
     return -1;
   }
   symbio_slot_fixed *s = symbio_slot_at(h, (uint32_t)slot);
-  uint32_t expect = SYMBIO_ST_EMPTY;
-  if (!__atomic_compare_exchange_n(&s->state, &expect, SYMBIO_ST_RUNNING, 0, __ATOMIC_ACQ_REL,
+  /* claim by pid (free, or left by a dead process); state is published last,
+     so a reader never sees a claimed slot without its pid */
+  int32_t old = __atomic_load_n(&s->pid, __ATOMIC_ACQUIRE);
+  if ((old > 0 && kill(old, 0) == 0 && old != (int32_t)getpid()) ||
+      !__atomic_compare_exchange_n(&s->pid, &old, (int32_t)getpid(), 0, __ATOMIC_ACQ_REL,
                                    __ATOMIC_ACQUIRE)) {
-    /* a slot left by a dead process may be taken over */
-    int32_t old = s->pid;
-    if (old > 0 && kill(old, 0) == 0) {
-      shim_log("slot %d is taken by live pid %d; running without quiesce support", slot, old);
-      munmap(p, bytes);
-      return -1;
-    }
+    shim_log("slot %d is taken by live pid %d; running without quiesce support", slot, old);
+    munmap(p, bytes);
+    return -1;
   }
+  __atomic_store_n(&s->state, SYMBIO_ST_EMPTY, __ATOMIC_RELEASE);
   /* reset everything we own, then publish */
   uint64_t *sent = symbio_slot_sent(s);
   memset(sent, 0, 16ull * h->world_size);
   s->flags = 0;
-  s->pid = (int32_t)getpid();
   s->world_rank = shim_g.world_rank;
   s->world_size = shim_g.world_size;
   s->ack_epoch = SYMBIO_CMD_EPOCH(__atomic_load_n(&h->cmd, __ATOMIC_ACQUIRE));
@@ -395,6 +408,7 @@ int shim_hold_step(void) {
     idle_spins = 0;
   }
   SHIM_SLOT_ADD(pmpi_calls, 1);
+  shim_change_begin();
   int moved = shim_drain_all();
   moved |= shim_req_poll_all();
   /* counters moved by a call that completed while we were held */
@@ -402,8 +416,11 @@ int shim_hold_step(void) {
   if (moved) {
     idle_spins = 0;
     shim_changed();
-  } else if (++idle_spins > HELD_IDLE_SPINS) {
-    sleep_on_cmd(w, HELD_SLEEP_NS);
+  } else {
+    /* nothing changed: close the bracket without waking the agent */
+    uint32_t s = shim_g.slot->change_seq;
+    if (s & 1u) __atomic_store_n(&shim_g.slot->change_seq, s - 1, __ATOMIC_RELEASE);
+    if (++idle_spins > HELD_IDLE_SPINS) sleep_on_cmd(w, HELD_SLEEP_NS);
   }
   return HS_HELD;
 }

@@ -4,7 +4,7 @@
  * thread tells us when any rank changed; timers only bound how long we wait.
  */
 import { EventEmitter } from 'node:events';
-import { ControlSegment, type SegmentEvent } from '../native.js';
+import { ControlSegment, segmentNameFor, type SegmentEvent } from '../native.js';
 import { QuiesceCoordinator, type QuiesceSummary } from '../quiesce/coordinator.js';
 import type { NodeSnapshot, RankSnapshot } from '../quiesce/snapshot.js';
 import type { Logger } from '../log.js';
@@ -90,7 +90,7 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> {
   constructor(private readonly options: NodeAgentOptions) {
     super();
     this.log = options.log;
-    const name = options.segmentName ?? `/symbio-${options.jobId}-${process.pid}`;
+    const name = options.segmentName ?? segmentNameFor(options.jobId);
     this.segment = new ControlSegment({
       name,
       slots: options.slots,
