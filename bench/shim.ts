@@ -62,15 +62,15 @@ async function quiesceAt(np: number, dir: string): Promise<ChaosReport> {
   return JSON.parse(readFileSync(report, 'utf8')) as ChaosReport;
 }
 
-export async function benchShim(rounds = Number(process.env.SYMBIO_BENCH_ROUNDS ?? 5)): Promise<unknown> {
+export async function benchShim(rounds = Number(process.env.SYMBIO_BENCH_ROUNDS ?? 7)): Promise<unknown> {
   const lat: { plain: number[]; shim: number[] } = { plain: [], shim: [] };
   const bw: { plain: number[]; shim: number[] } = { plain: [], shim: [] };
   for (let i = 0; i < rounds; i++) {
     // alternate the order so drift in machine load hits both sides alike
     for (const withShim of i % 2 ? [true, false] : [false, true]) {
       const key = withShim ? 'shim' : 'plain';
-      lat[key].push((await pingpong(withShim, 8, 20000)).latency_us);
-      bw[key].push((await pingpong(withShim, 1 << 20, 300)).bandwidth_MBps);
+      lat[key].push((await pingpong(withShim, 8, 300000)).latency_us);
+      bw[key].push((await pingpong(withShim, 1 << 20, 2000)).bandwidth_MBps);
     }
   }
   const dir = mkdtempSync(join(tmpdir(), 'symbio-bench-'));
