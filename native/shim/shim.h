@@ -181,6 +181,10 @@ static inline int shim_blocked_tick(void) {
   return shim_hold_step() == HS_FROZEN;
 }
 
+/* Wait for n requests (Test, or Testall when n > 1) as a safe point: the
+ * blocking form of every receive-side wait. */
+int shim_wait_test_loop(int n, MPI_Request *r, MPI_Status *sts);
+
 /* Counters (owner-only writes; relaxed so the agent can read them). */
 static inline void shim_count_sent(int world_peer) {
   if (world_peer >= 0 && world_peer < shim_g.world_size) {

@@ -63,12 +63,7 @@ int MPI_Wait(MPI_Request *req, MPI_Status *status) {
     complete_handle(h, st);
     return MPI_SUCCESS;
   }
-  int flag = 0, rc;
-  for (;;) {
-    if (shim_blocked_tick()) continue;
-    rc = PMPI_Test(req, &flag, st);
-    if (flag || rc != MPI_SUCCESS) break;
-  }
+  int rc = shim_wait_test_loop(1, req, st);
   complete_handle(h, st);
   SHIM_BOUNDARY();
   return rc;
@@ -109,12 +104,7 @@ int MPI_Waitall(int n, MPI_Request reqs[], MPI_Status *statuses) {
     scratch_put(&sc, statuses);
     return PMPI_Waitall(n, reqs, statuses); /* no memory: correct but unwatched */
   }
-  int flag = 0, rc;
-  for (;;) {
-    if (shim_blocked_tick()) continue;
-    rc = PMPI_Testall(n, reqs, &flag, sc.s);
-    if (flag || rc != MPI_SUCCESS) break;
-  }
+  int rc = shim_wait_test_loop(n, reqs, sc.s);
   for (int i = 0; i < n; i++) complete_handle(sc.h[i], &sc.s[i]);
   scratch_put(&sc, statuses);
   SHIM_BOUNDARY();

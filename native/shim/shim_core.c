@@ -408,7 +408,8 @@ int shim_hold_step(void) {
     idle_spins = 0;
   }
   SHIM_SLOT_ADD(pmpi_calls, 1);
-  shim_change_begin();
+  /* drain and poll open the seqlock bracket themselves, only when they are
+     about to change something: an idle held rank never looks busy */
   int moved = shim_drain_all();
   moved |= shim_req_poll_all();
   /* counters moved by a call that completed while we were held */
@@ -416,11 +417,8 @@ int shim_hold_step(void) {
   if (moved) {
     idle_spins = 0;
     shim_changed();
-  } else {
-    /* nothing changed: close the bracket without waking the agent */
-    uint32_t s = shim_g.slot->change_seq;
-    if (s & 1u) __atomic_store_n(&shim_g.slot->change_seq, s - 1, __ATOMIC_RELEASE);
-    if (++idle_spins > HELD_IDLE_SPINS) sleep_on_cmd(w, HELD_SLEEP_NS);
+  } else if (++idle_spins > HELD_IDLE_SPINS) {
+    sleep_on_cmd(w, HELD_SLEEP_NS);
   }
   return HS_HELD;
 }

@@ -36,6 +36,7 @@ int shim_drain_all(void) {
       if (PMPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, &mh, &st) != MPI_SUCCESS ||
           !flag)
         break;
+      shim_change_begin();
       PMPI_Get_count(&st, MPI_BYTE, &bytes);
       if (bytes < 0) bytes = 0;
       shim_msg *m = malloc(sizeof *m + (size_t)bytes);

@@ -41,12 +41,11 @@ static shim_req *track_recv(MPI_Request req, int kind, MPI_Comm comm) {
   return e;
 }
 
-/* Wait for one private request, staying a safe point while it is open. */
-static int wait_private(MPI_Request *r, MPI_Status *st) {
+int shim_wait_test_loop(int n, MPI_Request *r, MPI_Status *sts) {
   int flag = 0, rc;
   for (;;) {
     if (shim_blocked_tick()) continue;
-    rc = PMPI_Test(r, &flag, st);
+    rc = n == 1 ? PMPI_Test(r, &flag, sts) : PMPI_Testall(n, r, &flag, sts);
     if (flag || rc != MPI_SUCCESS) return rc;
   }
 }
@@ -108,7 +107,7 @@ int MPI_Recv(void *buf, int count, MPI_Datatype dt, int source, int tag, MPI_Com
   MPI_Status local, *st = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Irecv(buf, count, dt, source, tag, comm, &r);
   if (rc != MPI_SUCCESS) return rc;
-  rc = wait_private(&r, st);
+  rc = shim_wait_test_loop(1, &r, st);
   count_recv_status(comm, st);
   SHIM_BOUNDARY();
   return rc;
@@ -208,12 +207,7 @@ int MPI_Sendrecv(const void *sendbuf, int sendcount, MPI_Datatype sendtype, int 
   shim_count_sent(peer);
   rc = PMPI_Isend(sendbuf, sendcount, sendtype, dest, sendtag, comm, &r[1]);
   if (rc != MPI_SUCCESS) return rc;
-  int flag = 0;
-  for (;;) {
-    if (shim_blocked_tick()) continue;
-    rc = PMPI_Testall(2, r, &flag, sts);
-    if (flag || rc != MPI_SUCCESS) break;
-  }
+  rc = shim_wait_test_loop(2, r, sts);
   *st = sts[0];
   count_recv_status(comm, st);
   SHIM_BOUNDARY();
@@ -251,12 +245,7 @@ int MPI_Sendrecv_replace(void *buf, int count, MPI_Datatype dt, int dest, int se
   shim_count_sent(peer);
   rc = PMPI_Isend(buf, count, dt, dest, sendtag, comm, &r[1]);
   if (rc != MPI_SUCCESS) return rc;
-  int flag = 0;
-  for (;;) {
-    if (shim_blocked_tick()) continue;
-    rc = PMPI_Testall(2, r, &flag, sts);
-    if (flag || rc != MPI_SUCCESS) break;
-  }
+  rc = shim_wait_test_loop(2, r, sts);
   int got = 0, pos = 0, one = 0;
   PMPI_Get_count(&sts[0], MPI_BYTE, &got);
   PMPI_Pack_size(1, dt, comm, &one);

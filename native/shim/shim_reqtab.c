@@ -168,6 +168,7 @@ int shim_req_poll_all(void) {
     int flag = 0;
     MPI_Status st;
     if (PMPI_Request_get_status(e->req, &flag, &st) == MPI_SUCCESS && flag) {
+      shim_change_begin();
       shim_req_observe(e, &st);
       moved = 1;
     }

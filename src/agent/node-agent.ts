@@ -180,7 +180,7 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> {
             this.log.debug({ epoch, reason: d.reason }, 'collective catch-up');
             break;
           case 'waiting':
-            await this.nextChange(Math.min(25, this.options.stallMs));
+            await this.nextChange(Math.min(10, this.options.stallMs));
             break;
           case 'stalled':
           case 'refused':
