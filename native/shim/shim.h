@@ -63,6 +63,7 @@ typedef struct shim_req {
   uint8_t counted;   /* a receive's arrival already counted */
   uint8_t done;      /* completion seen by the hold poll; pending_* adjusted */
   uint8_t shim_done; /* persistent receive satisfied from the drain buffer */
+  uint8_t cancel_asked; /* MPI_Cancel was called: check the status */
   int peer_world;    /* send: destination world rank (-1: none) */
   shim_comm *comm;   /* receives: to translate MPI_ANY_SOURCE */
   /* persistent receive arguments, to match against drained messages */

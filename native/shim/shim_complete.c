@@ -232,5 +232,6 @@ int MPI_Cancel(MPI_Request *req) {
   SHIM_SAFE_POINT();
   shim_req *e = shim_req_find(*req);
   if (e && e->shim_done) return MPI_SUCCESS; /* complete already */
+  if (e) e->cancel_asked = 1;
   return PMPI_Cancel(req);
 }

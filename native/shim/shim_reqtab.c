@@ -135,11 +135,11 @@ void shim_req_observe(shim_req *e, const MPI_Status *st) {
   if ((e->kind == RK_RECV || e->kind == RK_PRECV) && !e->counted) {
     e->counted = 1;
     int cancelled = 0;
-    if (st != MPI_STATUS_IGNORE) PMPI_Test_cancelled(st, &cancelled);
+    if (e->cancel_asked && st != MPI_STATUS_IGNORE) PMPI_Test_cancelled(st, &cancelled);
     if (!cancelled && st != MPI_STATUS_IGNORE && st->MPI_SOURCE >= 0)
       shim_count_recvd(shim_world_of(e->comm, st->MPI_SOURCE));
   }
-  if ((e->kind == RK_SEND || e->kind == RK_PSEND) && st != MPI_STATUS_IGNORE) {
+  if ((e->kind == RK_SEND || e->kind == RK_PSEND) && e->cancel_asked && st != MPI_STATUS_IGNORE) {
     int cancelled = 0;
     PMPI_Test_cancelled(st, &cancelled);
     if (cancelled) shim_uncount_sent(e->peer_world);
@@ -155,6 +155,7 @@ void shim_req_completed(shim_req *e, const MPI_Status *st) {
     e->done = 0;
     e->counted = 0;
     e->shim_done = 0;
+    e->cancel_asked = 0;
   } else {
     shim_req_remove(e);
   }
