@@ -80,6 +80,8 @@ function isLive(r: RankSnapshot): boolean {
 export class NodeAgent extends EventEmitter<NodeAgentEvents> {
   readonly segment: ControlSegment;
   readonly attached = new Map<number, AttachedRank>();
+  /** Ranks whose process ended (pidfd), by slot. */
+  readonly exited = new Map<number, AttachedRank>();
   private readonly coordinator: QuiesceCoordinator;
   private readonly log: Logger;
   private changeWaiters: Array<() => void> = [];
@@ -124,6 +126,7 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> {
       this.emit('rank-attached', r);
     } else if (ev.type === 'rank-exit') {
       const r = this.attached.get(ev.slot) ?? { slot: ev.slot, pid: ev.pid, worldRank: ev.worldRank };
+      this.exited.set(ev.slot, r);
       this.log.debug(r, 'rank exited');
       this.emit('rank-exit', r);
     }
@@ -166,7 +169,12 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> {
         if (now - t0 > opts.timeoutMs) {
           throw new QuiesceAbortedError(epoch, `not quiescent within ${opts.timeoutMs} ms`, 'timeout');
         }
-        const d = this.coordinator.evaluate([this.segment.snapshot()], now);
+        const snap = this.segment.snapshot();
+        const dead = snap.ranks.find((r) => isLive(r) && this.exited.get(r.slot)?.pid === r.pid);
+        if (dead) {
+          throw new QuiesceAbortedError(epoch, `rank ${dead.worldRank} (pid ${dead.pid}) died without finalizing`, 'refused');
+        }
+        const d = this.coordinator.evaluate([snap], now);
         switch (d.kind) {
           case 'quiescent':
             summary = d;

@@ -93,15 +93,24 @@ t.test('RESUME never comes: ranks resume by themselves after the limit', async (
 t.test('a rank killed mid-run is an event in TypeScript', async (t) => {
   const exits: AttachedRank[] = [];
   let agent: NodeAgent | null = null;
+  let quiesceAfterDeath: Promise<string> | null = null;
   const result = await launch({
     argv: [...mpiCommon, '-np', '3', prog('crash'), 'die'],
     log: quiet,
     onStarted: (c) => {
       agent = c.agent;
-      c.agent.on('rank-exit', (r) => exits.push(r));
+      c.agent.on('rank-exit', (r) => {
+        exits.push(r);
+        // a quiesce asked right after a rank died is refused at once, not left to stall
+        quiesceAfterDeath ??= c.agent.quiesce({ freeze: true, timeoutMs: 10_000 }).then(
+          () => 'quiesced',
+          (err: Error) => err.message,
+        );
+      });
     },
   });
   t.ok(agent, 'agent ran');
+  t.match(await quiesceAfterDeath, /died without finalizing|agent closed/, 'quiesce after the death is refused');
   t.not(result.exitCode, 0, `the job failed (exit ${result.exitCode})`);
   t.ok(exits.some((r) => r.worldRank === 2), `rank-exit event for world rank 2 (events: ${JSON.stringify(exits)})`);
 });
