@@ -20,6 +20,7 @@ import { logger } from '../../src/log.js';
 import type { NodeAgent, AttachedRank } from '../../src/agent/node-agent.js';
 import { mpiCommon, plainMpirun, prog, run, start, symbioMpirun } from '../helpers/mpi.js';
 import { nativeArtifact } from '../../src/util/package-root.js';
+import { segmentNameFor } from '../../src/native.js';
 
 const quiet = logger.child({ test: 'faults' });
 quiet.level = 'warn';
@@ -148,6 +149,18 @@ t.test('an unsupported feature (RMA): quiesce refused with the reason, job unhar
   t.equal(r.stdout, plain.stdout, 'output unchanged');
   const said = r.stderr.match(/one-sided communication \(MPI_Win_\*\) is not supported/g) ?? [];
   t.equal(said.length, 2, 'each rank said so once');
+});
+
+t.test('a control segment that cannot be created: LaunchError naming the segment', async (t) => {
+  const jobId = `taken-${process.pid}`;
+  const path = `/dev/shm${segmentNameFor(jobId)}`;
+  writeFileSync(path, 'someone else', { mode: 0o600 }); // the name is taken
+  t.teardown(() => rmSync(path, { force: true }));
+  await t.rejects(
+    launch({ argv: ['--job-id', jobId, ...mpiCommon, '-np', '2', prog('ring')], log: quiet }),
+    { name: 'LaunchError', message: /cannot create the control segment: .*already exists/ },
+  );
+  t.equal(readFileSync(path, 'utf8'), 'someone else', 'the existing object is left alone');
 });
 
 t.test('bad input: clear one-line errors and exit code 2', async (t) => {
