@@ -7,7 +7,8 @@
  * rank makes MPI progress for a while, RESUME.
  *
  *   shim_harness [-c cycles] [-i interval_ms] [-t resume_timeout_ms]
- *                [-k kill_agent_after_freezes] [-m min_completed] -- mpirun args...
+ *                [-k kill_agent_after_freezes] [-m min_completed]
+ *                [-w ranks_to_wait_for] -- mpirun args...
  *
  * Exit status: the job's, or 99 when a quiescence check failed. The job's
  * stdout passes through; the harness reports on stderr.
@@ -133,16 +134,17 @@ static uint64_t progress_sum(void) {
 }
 
 int main(int argc, char **argv) {
-  int cycles = 50, interval = 20, kill_after = -1, timeout_ms = 10000, slots = 16, min_done = 0;
+  int cycles = 50, interval = 20, kill_after = -1, timeout_ms = 10000, slots = 16, min_done = 0, wait_ranks = 0;
   int opt;
-  while ((opt = getopt(argc, argv, "+c:i:t:k:n:m:")) != -1) {
+  while ((opt = getopt(argc, argv, "+c:i:t:k:n:m:w:")) != -1) {
     if (opt == 'c') cycles = atoi(optarg);
     else if (opt == 'i') interval = atoi(optarg);
     else if (opt == 't') timeout_ms = atoi(optarg);
     else if (opt == 'k') kill_after = atoi(optarg);
     else if (opt == 'n') slots = atoi(optarg);
     else if (opt == 'm') min_done = atoi(optarg);
-    else return fprintf(stderr, "usage: shim_harness [-c N] [-i ms] [-t ms] [-k N] [-n slots] [-m min_completed] -- mpirun ...\n"), 2;
+    else if (opt == 'w') wait_ranks = atoi(optarg);
+    else return fprintf(stderr, "usage: shim_harness [-c N] [-i ms] [-t ms] [-k N] [-n slots] [-m min_completed] [-w ranks] -- mpirun ...\n"), 2;
   }
   if (optind >= argc) return fprintf(stderr, "shim_harness: no command\n"), 2;
   snprintf(shm_name, sizeof shm_name, "/symbio-harness-%d", (int)getpid());
@@ -174,8 +176,20 @@ int main(int argc, char **argv) {
     perror("exec");
     _exit(127);
   }
+  int status = 0;
   srand((unsigned)getpid());
-  int done = 0, aborted = 0, freezes = 0, bad = 0, status = 0;
+  /* cycles start once the ranks are there (mpirun takes a moment) */
+  for (int attached = 0; attached < wait_ranks;) {
+    if (waitpid(child, &status, WNOHANG) == child) {
+      fprintf(stderr, "harness: job ended before %d ranks attached\n", wait_ranks);
+      return 98;
+    }
+    sleep_ms(5);
+    attached = 0;
+    for (uint32_t i = 0; i < H->slot_count; i++)
+      if (__atomic_load_n(&symbio_slot_at(H, i)->state, __ATOMIC_ACQUIRE) != SYMBIO_ST_EMPTY) attached++;
+  }
+  int done = 0, aborted = 0, freezes = 0, bad = 0;
   uint32_t epoch = 0;
   for (;;) {
     sleep_ms((unsigned)(interval / 2 + rand() % (interval + 1)));
