@@ -81,8 +81,11 @@ export async function benchShim(rounds = Number(process.env.SYMBIO_BENCH_ROUNDS 
       quiesce[`np${np}`] = {
         cycles: r.completed,
         abandoned: r.aborted,
-        quiesce_ms: r.phasesMs.quiesce,
-        resume_ms: r.phasesMs.resume,
+        // request -> every rank frozen, by the ranks' own stamps, and as the agent saw it
+        quiesce_ms: r.phasesMs.ranksFrozen,
+        quiesce_agent_observed_ms: r.phasesMs.quiesce,
+        resume_ms: r.phasesMs.ranksResumed,
+        resume_agent_observed_ms: r.phasesMs.resume,
       };
     }
   } finally {

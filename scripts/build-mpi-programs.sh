@@ -2,7 +2,9 @@
 # Build every MPI C program of the repo (examples/, test/mpi/, bench/mpi/)
 # into build/mpi/<name>. Tests and benchmarks call this before they run
 # anything, so it must be cheap when nothing changed: a binary newer than its
-# source is skipped.
+# source and than every header (*.h) in its source's directory is skipped.
+# (Those headers are what `#include "..."` finds first: test/mpi/mpitest.h is
+# shared by all of test/mpi/*.c, so changing it rebuilds them all.)
 #
 # Environment: MPICC (default mpicc), CFLAGS (default below), FORCE=1 rebuilds
 # everything.
@@ -29,6 +31,18 @@ skipped=0
 failed=0
 seen=" " # names built so far, space-separated (no bash-4 arrays: macOS)
 
+# up_to_date BIN FILE...: BIN exists and is newer than every FILE that exists
+# (a header glob that matched nothing stays a literal pattern: skipped).
+up_to_date() {
+    local bin=$1 dep
+    shift
+    [ -x "$bin" ] || return 1
+    for dep in "$@"; do
+        [ -e "$dep" ] || continue
+        [ "$bin" -nt "$dep" ] || return 1
+    done
+}
+
 for dir in examples test/mpi bench/mpi; do
     [ -d "$root/$dir" ] || continue
     for src in "$root/$dir"/*.c; do
@@ -44,7 +58,7 @@ for dir in examples test/mpi bench/mpi; do
         esac
         seen="$seen$name "
         bin="$out_dir/$name"
-        if [ "${FORCE:-0}" != 1 ] && [ -x "$bin" ] && [ "$bin" -nt "$src" ]; then
+        if [ "${FORCE:-0}" != 1 ] && up_to_date "$bin" "$src" "$root/$dir"/*.h; then
             skipped=$((skipped + 1))
             continue
         fi

@@ -37,14 +37,18 @@ export interface QuiesceOutcome {
   /** Request -> every rank frozen (equals quiescentMs when not freezing). */
   readonly totalMs: number;
   readonly catchupRounds: number;
+  /** HOLD written -> the last rank frozen, by the ranks' own clocks (null without freeze). */
+  readonly ranksFrozenMs: number | null;
   readonly summary: QuiesceSummary;
   readonly phases: readonly PhaseTiming[];
 }
 
 export interface ResumeOutcome {
   readonly epoch: number;
-  /** RESUME written -> every live rank running again. */
+  /** RESUME written -> every live rank seen running again by the agent. */
   readonly resumeMs: number;
+  /** RESUME written -> the last rank running, by the ranks' own clocks. */
+  readonly ranksResumedMs: number | null;
   /** Frozen-interval verification (null when the job was only held). */
   readonly frozenCheck: { ok: true } | { ok: false; reason: string } | null;
 }
@@ -72,6 +76,15 @@ export interface NodeAgentEvents {
 }
 
 const nowMs = (): number => performance.now();
+/** CLOCK_MONOTONIC in ns: the clock the ranks stamp their slots with (libuv's hrtime is the same clock on Linux). */
+const monoNs = (): number => Number(process.hrtime.bigint());
+
+/** Milliseconds from `sinceNs` to the latest of the ranks' `field` stamps. */
+function lastStampMs(snap: NodeSnapshot, field: 'frozenNs' | 'resumedNs', sinceNs: number): number | null {
+  const stamps = snap.ranks.filter(isLive).map((r) => r[field]);
+  if (stamps.length === 0) return null;
+  return (Math.max(...stamps) - sinceNs) / 1e6;
+}
 
 function isLive(r: RankSnapshot): boolean {
   return r.state !== 'empty' && r.state !== 'finalized' && r.state !== 'detached';
@@ -157,6 +170,7 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> {
     if (this.operating) throw new Error('an operation is already under way on this job (resume it first)');
     this.busy = true;
     const t0 = nowMs();
+    const t0Ns = monoNs();
     const epoch = this.segment.hold();
     this.coordinator.begin(epoch, t0);
     const phases: PhaseTiming[] = [];
@@ -198,14 +212,16 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> {
       const tQuiescent = nowMs();
       phases.push({ name: 'hold', ms: tQuiescent - t0 });
       let frozen = false;
+      let ranksFrozenMs: number | null = null;
       if (opts.freeze) {
         this.segment.freeze();
         this.frozenSnapshot = await this.waitAll(epoch, 'frozen', opts.timeoutMs - (tQuiescent - t0));
         frozen = true;
+        ranksFrozenMs = lastStampMs(this.frozenSnapshot, 'frozenNs', t0Ns);
         phases.push({ name: 'freeze', ms: nowMs() - tQuiescent });
       }
       const totalMs = nowMs() - t0;
-      return { epoch, frozen, quiescentMs: tQuiescent - t0, totalMs, catchupRounds, summary, phases };
+      return { epoch, frozen, quiescentMs: tQuiescent - t0, totalMs, catchupRounds, ranksFrozenMs, summary, phases };
     } catch (err) {
       this.segment.resume();
       this.frozenSnapshot = null;
@@ -239,10 +255,11 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> {
       this.frozenSnapshot = null;
     }
     const t0 = nowMs();
+    const t0Ns = monoNs();
     this.segment.resume();
-    if (command === 'run') return { epoch, resumeMs: 0, frozenCheck };
-    await this.waitAll(epoch, 'running', timeoutMs);
-    return { epoch, resumeMs: nowMs() - t0, frozenCheck };
+    if (command === 'run') return { epoch, resumeMs: 0, ranksResumedMs: null, frozenCheck };
+    const snap = await this.waitAll(epoch, 'running', timeoutMs);
+    return { epoch, resumeMs: nowMs() - t0, ranksResumedMs: lastStampMs(snap, 'resumedNs', t0Ns), frozenCheck };
   }
 
   /** Resolves when `n` ranks have attached (or rejects after timeoutMs). */

@@ -35,6 +35,9 @@ export interface ChaosReport {
     readonly freeze: Distribution;
     readonly quiesce: Distribution;
     readonly resume: Distribution;
+    /** Request -> last rank frozen / RESUME -> last rank running, by the ranks' own clocks. */
+    readonly ranksFrozen: Distribution;
+    readonly ranksResumed: Distribution;
   };
 }
 
@@ -46,6 +49,8 @@ export class ChaosQuiescer {
   private readonly freeze: number[] = [];
   private readonly quiesce: number[] = [];
   private readonly resume: number[] = [];
+  private readonly ranksFrozen: number[] = [];
+  private readonly ranksResumed: number[] = [];
   private readonly abortReasons: Record<string, number> = {};
   private readonly failures: string[] = [];
   private cycles = 0;
@@ -84,11 +89,13 @@ export class ChaosQuiescer {
         this.hold.push(q.quiescentMs);
         this.freeze.push(q.totalMs - q.quiescentMs);
         this.quiesce.push(q.totalMs);
+        if (q.ranksFrozenMs !== null) this.ranksFrozen.push(q.ranksFrozenMs);
         this.catchupRounds += q.catchupRounds;
         this.drainedTotal = Math.max(this.drainedTotal, q.summary.drainedTotal);
         await sleep(this.random() * maxFrozenMs);
         const r = await this.agent.resume();
         this.resume.push(r.resumeMs);
+        if (r.ranksResumedMs !== null) this.ranksResumed.push(r.ranksResumedMs);
         if (r.frozenCheck && !r.frozenCheck.ok) {
           this.verifyFailures++;
           this.failures.push(`cycle ${this.cycles}: ${r.frozenCheck.reason}`);
@@ -122,6 +129,8 @@ export class ChaosQuiescer {
         freeze: distribution(this.freeze),
         quiesce: distribution(this.quiesce),
         resume: distribution(this.resume),
+        ranksFrozen: distribution(this.ranksFrozen),
+        ranksResumed: distribution(this.ranksResumed),
       },
     };
   }

@@ -20,12 +20,9 @@
  * Supports:  np >= 1 (the output depends on np).
  * Exit:      0 on success; a failed check prints "FAIL: ..." and aborts.
  */
-#include <mpi.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "mpitest.h"
 
 #define DEFAULT_ITERS 300
 #define MAX_BCAST 3000 /* int64 values */
@@ -35,48 +32,6 @@
 #define WORK_CHUNK 2000L
 #define WORK_CHUNKS 20 /* computation overlapped with each nonblocking op */
 
-static int g_rank = -1;
-
-#if defined(__GNUC__)
-__attribute__((noreturn, format(printf, 1, 2)))
-#endif
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL: [rank %d] ", g_rank);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
-}
-
-/* MPI_ERRORS_RETURN is set on world (and inherited by the derived
- * communicators), so every return code reaches this check. */
-#define CHK(call)                                                          \
-    do {                                                                   \
-        int rc_ = (call);                                                  \
-        if (rc_ != MPI_SUCCESS) {                                          \
-            char es_[MPI_MAX_ERROR_STRING];                                \
-            int el_ = 0;                                                   \
-            MPI_Error_string(rc_, es_, &el_);                              \
-            fail("%s:%d: %s returned %d (%s)", __FILE__, __LINE__, #call, \
-                 rc_, es_);                                                \
-        }                                                                  \
-    } while (0)
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 /* Contribution of rank r to operation `op` at iteration it, element k.
  * Below 2^40, so sums over any sensible number of ranks stay exact. */
 static int64_t val(int op, int r, long it, long k)
@@ -85,22 +40,13 @@ static int64_t val(int op, int r, long it, long k)
                            ((uint64_t)it << 20) ^ (uint64_t)k) >> 24);
 }
 
-static volatile uint64_t g_sink;
-static void work(uint64_t seed)
-{
-    uint64_t x = seed;
-    for (long i = 0; i < WORK_CHUNK; i++)
-        x = mix64(x + (uint64_t)i);
-    g_sink ^= x;
-}
-
 /* Completes a request by polling while a fixed amount of computation runs;
  * the amount of work never depends on timing. */
 static void test_loop(MPI_Request *req, uint64_t seed)
 {
     int flag = 0;
     for (int c = 0; c < WORK_CHUNKS; c++) {
-        work(seed + (uint64_t)c);
+        work(WORK_CHUNK, seed + (uint64_t)c);
         if (!flag)
             CHK(MPI_Test(req, &flag, MPI_STATUS_IGNORE));
     }
@@ -295,7 +241,7 @@ static void suite(struct ctx *c, long it, int64_t *a, int64_t *b, int64_t *w)
         CHK(MPI_Ibcast(a, (int)n, MPI_INT64_T, root, comm, &req[0]));
         CHK(MPI_Iallreduce(red, redo, RED_N, MPI_INT64_T, MPI_SUM, comm, &req[1]));
         for (int k = 0; k < WORK_CHUNKS; k++)
-            work((uint64_t)k);
+            work(WORK_CHUNK, (uint64_t)k);
         CHK(MPI_Waitall(2, req, MPI_STATUSES_IGNORE));
         expect_eq(c, "Ibcast", it, a, w, n);
         fold(c, a, n);
@@ -331,7 +277,7 @@ static void suite(struct ctx *c, long it, int64_t *a, int64_t *b, int64_t *w)
         CHK(MPI_Ireduce(red, redo, RED_N, MPI_INT64_T, MPI_SUM, 0, comm, &req[1]));
         int flag = 0;
         for (int k = 0; k < WORK_CHUNKS; k++) {
-            work((uint64_t)k * 5);
+            work(WORK_CHUNK, (uint64_t)k * 5);
             if (!flag)
                 CHK(MPI_Testall(2, req, &flag, MPI_STATUSES_IGNORE));
         }
@@ -356,19 +302,8 @@ static void suite(struct ctx *c, long it, int64_t *a, int64_t *b, int64_t *w)
 
 int main(int argc, char **argv)
 {
-    int size;
-    long iters = DEFAULT_ITERS;
-
-    CHK(MPI_Init(&argc, &argv));
-    CHK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    CHK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
-    CHK(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    if (argc > 1) {
-        char *end;
-        iters = strtol(argv[1], &end, 10);
-        if (*end != '\0' || iters <= 0)
-            fail("bad iteration count '%s'", argv[1]);
-    }
+    const int size = init_world(&argc, &argv, 1);
+    const long iters = count_arg(argc, argv, DEFAULT_ITERS, "iteration");
 
     MPI_Comm dup, half;
     CHK(MPI_Comm_dup(MPI_COMM_WORLD, &dup));

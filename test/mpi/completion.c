@@ -30,12 +30,9 @@
  * Supports:  np >= 2 (the output depends on np).
  * Exit:      0 on success; a failed check prints "FAIL: ..." and aborts.
  */
-#include <mpi.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "mpitest.h"
 
 #define DEFAULT_ITERS 2500
 #define SMALL 32            /* int64 values in the ring messages */
@@ -51,47 +48,6 @@ static const char *const sect_name[NSECT] = {
 
 /* Bsend sizes, in int64 values: eager, medium, rendezvous. */
 static const int bsend_len[3] = {16, 512, 8192};
-
-static int g_rank = -1;
-
-#if defined(__GNUC__)
-__attribute__((noreturn, format(printf, 1, 2)))
-#endif
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL: [rank %d] ", g_rank);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
-}
-
-/* MPI_ERRORS_RETURN is set on MPI_COMM_WORLD so every code reaches here. */
-#define CHK(call)                                                          \
-    do {                                                                   \
-        int rc_ = (call);                                                  \
-        if (rc_ != MPI_SUCCESS) {                                          \
-            char es_[MPI_MAX_ERROR_STRING];                                \
-            int el_ = 0;                                                   \
-            MPI_Error_string(rc_, es_, &el_);                              \
-            fail("%s:%d: %s returned %d (%s)", __FILE__, __LINE__, #call, \
-                 rc_, es_);                                                \
-        }                                                                  \
-    } while (0)
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
 
 static int g_size;
 static long g_it;
@@ -137,15 +93,6 @@ static void check_null_status(const char *what, const MPI_Status *st)
     if (st->MPI_SOURCE != MPI_PROC_NULL || st->MPI_TAG != MPI_ANY_TAG || count != 0)
         fail("%s: status source %d tag %d count %d, want MPI_PROC_NULL/MPI_ANY_TAG/0",
              what, st->MPI_SOURCE, st->MPI_TAG, count);
-}
-
-static volatile uint64_t g_sink;
-static void work(uint64_t seed)
-{
-    uint64_t x = seed;
-    for (long i = 0; i < WORK_CHUNK; i++)
-        x = mix64(x + (uint64_t)i);
-    g_sink ^= x;
 }
 
 /* Length of the exchange message from src to dst: 8..EX_MAX values. */
@@ -220,7 +167,7 @@ static void exchange(int sect, int64_t **rbuf, int64_t **sbuf, MPI_Request *rreq
             if (flag)
                 GOT(i, &st);
             else
-                work((uint64_t)c);
+                work(WORK_CHUNK, (uint64_t)c);
         }
         break;
     case S_WAITSOME:
@@ -244,7 +191,7 @@ static void exchange(int sect, int64_t **rbuf, int64_t **sbuf, MPI_Request *rreq
             for (int k = 0; k < out; k++)
                 GOT(idx[k], &sts[k]);
             if (out == 0)
-                work((uint64_t)c);
+                work(WORK_CHUNK, (uint64_t)c);
         }
         break;
     case S_TESTALL: {
@@ -252,7 +199,7 @@ static void exchange(int sect, int64_t **rbuf, int64_t **sbuf, MPI_Request *rreq
         for (long c = 0; !flag; c++) {
             CHK(MPI_Testall(p, rreq, &flag, sts));
             if (!flag)
-                work((uint64_t)c);
+                work(WORK_CHUNK, (uint64_t)c);
         }
         for (int q = 0; q < p; q++)
             if (q != g_rank)
@@ -275,20 +222,8 @@ static void exchange(int sect, int64_t **rbuf, int64_t **sbuf, MPI_Request *rreq
 
 int main(int argc, char **argv)
 {
-    long iters = DEFAULT_ITERS;
-
-    CHK(MPI_Init(&argc, &argv));
-    CHK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    CHK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
-    CHK(MPI_Comm_size(MPI_COMM_WORLD, &g_size));
-    if (g_size < 2)
-        fail("needs at least 2 ranks, got %d", g_size);
-    if (argc > 1) {
-        char *end;
-        iters = strtol(argv[1], &end, 10);
-        if (*end != '\0' || iters <= 0)
-            fail("bad iteration count '%s'", argv[1]);
-    }
+    g_size = init_world(&argc, &argv, 2);
+    const long iters = count_arg(argc, argv, DEFAULT_ITERS, "iteration");
     const int p = g_size, left = (g_rank + p - 1) % p, right = (g_rank + 1) % p;
     const int under_shim = getenv("SYMBIO_SEGMENT") != NULL;
     long early_ssend = 0;
@@ -352,7 +287,7 @@ int main(int argc, char **argv)
         fill(a, SMALL, g_rank, S_SSEND, 1);
         CHK(MPI_Issend(a, SMALL, MPI_INT64_T, right, 31, MPI_COMM_WORLD, &rq));
         for (int c = 0; c < 3 && rq != MPI_REQUEST_NULL; c++) {
-            work((uint64_t)c);
+            work(WORK_CHUNK, (uint64_t)c);
             CHK(MPI_Test(&rq, &flag, MPI_STATUS_IGNORE));
             if (flag && !under_shim)
                 fail("ssend, iteration %ld: MPI_Issend completed before the "
@@ -437,7 +372,7 @@ int main(int argc, char **argv)
         for (long c = 0; !flag; c++) {
             CHK(MPI_Request_get_status(rq, &flag, &st));
             if (!flag)
-                work((uint64_t)c);
+                work(WORK_CHUNK, (uint64_t)c);
         }
         if (rq == MPI_REQUEST_NULL)
             fail("MPI_Request_get_status freed the request");

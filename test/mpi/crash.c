@@ -16,88 +16,29 @@
  * Exit:      0 on a normal run; "die" never exits 0.
  */
 #define _POSIX_C_SOURCE 200809L /* SIGKILL is POSIX, not ISO C */
-#include <mpi.h>
 #include <signal.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "mpitest.h"
 
 #define DEFAULT_ITERS 2000
 #define WORK_ROUNDS 200000L /* computation per iteration */
 #define DIE_AFTER 1.0       /* seconds */
 #define DIE_LIMIT 60.0      /* "die" mode gives up if still alive by then */
 
-static int g_rank = -1;
-
-#if defined(__GNUC__)
-__attribute__((noreturn, format(printf, 1, 2)))
-#endif
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL: [rank %d] ", g_rank);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
-}
-
-/* MPI_ERRORS_RETURN is set on MPI_COMM_WORLD so every code reaches here. */
-#define CHK(call)                                                          \
-    do {                                                                   \
-        int rc_ = (call);                                                  \
-        if (rc_ != MPI_SUCCESS) {                                          \
-            char es_[MPI_MAX_ERROR_STRING];                                \
-            int el_ = 0;                                                   \
-            MPI_Error_string(rc_, es_, &el_);                              \
-            fail("%s:%d: %s returned %d (%s)", __FILE__, __LINE__, #call, \
-                 rc_, es_);                                                \
-        }                                                                  \
-    } while (0)
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
-static uint64_t work(uint64_t seed)
-{
-    uint64_t x = seed;
-    for (long i = 0; i < WORK_ROUNDS; i++)
-        x = mix64(x + (uint64_t)i);
-    return x;
-}
-
 int main(int argc, char **argv)
 {
-    int size;
     long iters = DEFAULT_ITERS;
     int die = 0;
 
-    CHK(MPI_Init(&argc, &argv));
-    CHK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    CHK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
-    CHK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+    const int size = init_world(&argc, &argv, 1);
     if (argc > 1) {
         if (strcmp(argv[1], "die") == 0) {
             die = 1;
             if (size < 2)
                 fail("\"die\" needs at least 2 ranks");
-        } else {
-            char *end;
-            iters = strtol(argv[1], &end, 10);
-            if (*end != '\0' || iters <= 0)
-                fail("bad argument '%s' (want \"die\" or an iteration count)", argv[1]);
+        } else if (!parse_count(argv[1], &iters)) {
+            fail("bad argument '%s' (want \"die\" or an iteration count)", argv[1]);
         }
     }
 
@@ -105,7 +46,8 @@ int main(int argc, char **argv)
     uint64_t hash = 0;
     for (long it = 0; die || it < iters; it++) {
         /* Reduced values are kept below 2^40 so the sum is exact. */
-        const int64_t mine = (int64_t)(work(((uint64_t)g_rank << 32) ^ (uint64_t)it) >> 24);
+        const int64_t mine =
+            (int64_t)(spin(WORK_ROUNDS, ((uint64_t)g_rank << 32) ^ (uint64_t)it) >> 24);
         int64_t sum = 0, want = 0;
         if (die && g_rank == size - 1 && MPI_Wtime() - t0 >= DIE_AFTER) {
             fprintf(stderr, "crash: rank %d raising SIGKILL at iteration %ld\n", g_rank, it);
@@ -119,7 +61,7 @@ int main(int argc, char **argv)
          * enough to catch a wrong sum without doubling the work. */
         if (it % 100 == 0) {
             for (int q = 0; q < size; q++)
-                want += (int64_t)(work(((uint64_t)q << 32) ^ (uint64_t)it) >> 24);
+                want += (int64_t)(spin(WORK_ROUNDS, ((uint64_t)q << 32) ^ (uint64_t)it) >> 24);
             if (sum != want)
                 fail("iteration %ld: Allreduce gave %lld, want %lld", it,
                      (long long)sum, (long long)want);

@@ -27,12 +27,9 @@
  * Supports:  np >= 2 (the output depends on np).
  * Exit:      0 on success; a failed check prints "FAIL: ..." and aborts.
  */
-#include <mpi.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "mpitest.h"
 
 #define DEFAULT_BURSTS 26
 #define PER_DEST 250          /* small messages per destination per burst */
@@ -42,47 +39,6 @@
 #define BIG_BYTES (256 * 1024)
 #define BIG_TAG 77
 #define SPIN_ROUNDS 4000000L  /* compute between sending and receiving */
-
-static int g_rank = -1;
-
-#if defined(__GNUC__)
-__attribute__((noreturn, format(printf, 1, 2)))
-#endif
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL: [rank %d] ", g_rank);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
-}
-
-/* MPI_ERRORS_RETURN is set on every communicator so codes reach here. */
-#define CHK(call)                                                          \
-    do {                                                                   \
-        int rc_ = (call);                                                  \
-        if (rc_ != MPI_SUCCESS) {                                          \
-            char es_[MPI_MAX_ERROR_STRING];                                \
-            int el_ = 0;                                                   \
-            MPI_Error_string(rc_, es_, &el_);                              \
-            fail("%s:%d: %s returned %d (%s)", __FILE__, __LINE__, #call, \
-                 rc_, es_);                                                \
-        }                                                                  \
-    } while (0)
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
 
 /* What small message `seq` from src to dst in a burst looks like. */
 struct spec {
@@ -119,16 +75,6 @@ static void fill(unsigned char *buf, int size, uint64_t seed, int burst, int src
     memcpy(buf, hdr, size < 8 ? (size_t)size : 8);
 }
 
-static volatile uint64_t g_sink;
-static uint64_t spin(long rounds, uint64_t seed)
-{
-    uint64_t x = seed;
-    for (long i = 0; i < rounds; i++)
-        x = mix64(x + (uint64_t)i);
-    g_sink ^= x;
-    return x;
-}
-
 /* Receiver-side bookkeeping for one source. */
 struct source {
     int rank;
@@ -160,21 +106,8 @@ static int nth_tag(const struct source *s, int j)
 
 int main(int argc, char **argv)
 {
-    int size;
-    long bursts = DEFAULT_BURSTS;
-
-    CHK(MPI_Init(&argc, &argv));
-    CHK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    CHK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
-    CHK(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    if (size < 2)
-        fail("needs at least 2 ranks, got %d", size);
-    if (argc > 1) {
-        char *end;
-        bursts = strtol(argv[1], &end, 10);
-        if (*end != '\0' || bursts <= 0)
-            fail("bad burst count '%s'", argv[1]);
-    }
+    const int size = init_world(&argc, &argv, 2);
+    const long bursts = count_arg(argc, argv, DEFAULT_BURSTS, "burst");
     /* Big messages travel on their own communicator so that the wildcard
      * receives of small ones can never match them. */
     MPI_Comm bigcomm, floodcomm[2];

@@ -18,60 +18,15 @@
  * Exit:      0 on success; a failed check prints "FAIL: ..." and aborts.
  */
 #include <math.h>
-#include <mpi.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "mpitest.h"
 
 #define DEFAULT_STEPS 3500
 #define N 384                /* global grid is N x N */
 #define RES_EVERY 10         /* steps between residual reductions */
 #define PRINT_EVERY 200      /* steps between printed lines */
 #define QSCALE 1073741824.0  /* 2^30: residuals summed as exact fixed point */
-
-static int g_rank = -1;
-
-#if defined(__GNUC__)
-__attribute__((noreturn, format(printf, 1, 2)))
-#endif
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL: [rank %d] ", g_rank);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
-}
-
-/* MPI_ERRORS_RETURN is set on every communicator we use, so errors come back
- * here with a location instead of killing the job silently. */
-#define CHK(call)                                                          \
-    do {                                                                   \
-        int rc_ = (call);                                                  \
-        if (rc_ != MPI_SUCCESS) {                                          \
-            char es_[MPI_MAX_ERROR_STRING];                                \
-            int el_ = 0;                                                   \
-            MPI_Error_string(rc_, es_, &el_);                              \
-            fail("%s:%d: %s returned %d (%s)", __FILE__, __LINE__, #call, \
-                 rc_, es_);                                                \
-        }                                                                  \
-    } while (0)
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
 
 /* First global index owned by coordinate c of p along an axis of n points. */
 static int block_start(int c, int p, int n) { return (int)((long)c * n / p); }
@@ -89,20 +44,11 @@ static double initial(int i, int j)
 
 int main(int argc, char **argv)
 {
-    int size, dims[2] = {0, 0}, periods[2] = {1, 0}, coords[2];
-    long steps = DEFAULT_STEPS;
+    int dims[2] = {0, 0}, periods[2] = {1, 0}, coords[2];
     MPI_Comm cart;
 
-    CHK(MPI_Init(&argc, &argv));
-    CHK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    CHK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
-    CHK(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    if (argc > 1) {
-        char *end;
-        steps = strtol(argv[1], &end, 10);
-        if (*end != '\0' || steps <= 0)
-            fail("bad step count '%s'", argv[1]);
-    }
+    const int size = init_world(&argc, &argv, 1);
+    const long steps = count_arg(argc, argv, DEFAULT_STEPS, "step");
     if (size > N)
         fail("at most %d ranks", N);
 

@@ -24,12 +24,9 @@
  *            depend on the number of workers).
  * Exit:      0 on success; a failed check prints "FAIL: ..." and aborts.
  */
-#include <mpi.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "mpitest.h"
 
 #define DEFAULT_TASKS 10000
 #define WORK_ROUNDS 80000  /* busy work per task, so tasks overlap and queue */
@@ -48,47 +45,6 @@ enum {
     TAG_P2 = 30,    /* phase 2 uses TAG_P2 + seq % 3 */
     TAG_STAT = 40,
 };
-
-static int g_rank = -1;
-
-#if defined(__GNUC__)
-__attribute__((noreturn, format(printf, 1, 2)))
-#endif
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL: [rank %d] ", g_rank);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
-}
-
-/* MPI_ERRORS_RETURN is set on MPI_COMM_WORLD so every code reaches here. */
-#define CHK(call)                                                          \
-    do {                                                                   \
-        int rc_ = (call);                                                  \
-        if (rc_ != MPI_SUCCESS) {                                          \
-            char es_[MPI_MAX_ERROR_STRING];                                \
-            int el_ = 0;                                                   \
-            MPI_Error_string(rc_, es_, &el_);                              \
-            fail("%s:%d: %s returned %d (%s)", __FILE__, __LINE__, #call, \
-                 rc_, es_);                                                \
-        }                                                                  \
-    } while (0)
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
 
 static int is_short(long task) { return task % 5 == 0; }
 static int result_len(long task)
@@ -111,17 +67,6 @@ static int p2_len(int worker, int seq)
 static int64_t p2_value(int worker, int seq, int k)
 {
     return (int64_t)(mix64(((uint64_t)worker << 40) ^ ((uint64_t)seq << 16) ^ (uint64_t)k) >> 24);
-}
-
-/* Stand-in for real work; the result is folded into a volatile so the
- * compiler keeps it. */
-static volatile uint64_t g_sink;
-static void busy(long rounds, uint64_t seed)
-{
-    uint64_t x = seed;
-    for (long i = 0; i < rounds; i++)
-        x = mix64(x + (uint64_t)i);
-    g_sink ^= x;
 }
 
 /* Checks a received result against what the task must produce. */
@@ -311,7 +256,7 @@ static void worker(MPI_Comm p2comm)
         }
         if (st.MPI_TAG != TAG_TASK || count != 1)
             fail("unexpected message tag %d count %d", st.MPI_TAG, count);
-        busy(WORK_ROUNDS, (uint64_t)t);
+        work(WORK_ROUNDS, (uint64_t)t); /* stand-in for the task's real work */
         const int len = result_len((long)t);
         res[0] = t;
         for (int k = 0; k < len; k++)
@@ -334,21 +279,8 @@ static void worker(MPI_Comm p2comm)
 
 int main(int argc, char **argv)
 {
-    int size;
-    long ntasks = DEFAULT_TASKS;
-
-    CHK(MPI_Init(&argc, &argv));
-    CHK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    CHK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
-    CHK(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    if (size < 2)
-        fail("needs at least 2 ranks, got %d", size);
-    if (argc > 1) {
-        char *end;
-        ntasks = strtol(argv[1], &end, 10);
-        if (*end != '\0' || ntasks <= 0)
-            fail("bad task count '%s'", argv[1]);
-    }
+    const int size = init_world(&argc, &argv, 2);
+    const long ntasks = count_arg(argc, argv, DEFAULT_TASKS, "task");
     MPI_Comm p2comm;
     CHK(MPI_Comm_dup(MPI_COMM_WORLD, &p2comm));
     if (g_rank == 0)

@@ -21,12 +21,9 @@
  * Supports:  np >= 2 (the output depends on np).
  * Exit:      0 on success; a failed check prints "FAIL: ..." and aborts.
  */
-#include <mpi.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "mpitest.h"
 
 #define DEFAULT_ROUNDS 1500
 #define PER_PEER 8
@@ -36,47 +33,6 @@
 #define WORK_CHUNK 500L
 #define ROUND_WORK 200 /* chunks of computation per round (~0.5 ms) */
 
-static int g_rank = -1;
-
-#if defined(__GNUC__)
-__attribute__((noreturn, format(printf, 1, 2)))
-#endif
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL: [rank %d] ", g_rank);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
-}
-
-/* MPI_ERRORS_RETURN is set on every communicator so codes reach here. */
-#define CHK(call)                                                          \
-    do {                                                                   \
-        int rc_ = (call);                                                  \
-        if (rc_ != MPI_SUCCESS) {                                          \
-            char es_[MPI_MAX_ERROR_STRING];                                \
-            int el_ = 0;                                                   \
-            MPI_Error_string(rc_, es_, &el_);                              \
-            fail("%s:%d: %s returned %d (%s)", __FILE__, __LINE__, #call, \
-                 rc_, es_);                                                \
-        }                                                                  \
-    } while (0)
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 static uint64_t msg_hash(int round, int src, int dst, int seq)
 {
     return mix64(((uint64_t)round << 40) ^ ((uint64_t)src << 28) ^
@@ -85,15 +41,6 @@ static uint64_t msg_hash(int round, int src, int dst, int seq)
 static int msg_tag(uint64_t h) { return 1 + (int)(h % NTAGS); }
 static int msg_len(uint64_t h) { return MIN_LEN + (int)((h >> 8) % (MAX_LEN - MIN_LEN + 1)); }
 static int payload(uint64_t h, int k) { return (int)(mix64(h + (uint64_t)k) >> 33); }
-
-static volatile uint64_t g_sink;
-static void work(uint64_t seed)
-{
-    uint64_t x = seed;
-    for (long i = 0; i < WORK_CHUNK; i++)
-        x = mix64(x + (uint64_t)i);
-    g_sink ^= x;
-}
 
 struct source {
     int rank, remaining;
@@ -112,21 +59,8 @@ static int expected_seq(const struct source *s, int tag)
 
 int main(int argc, char **argv)
 {
-    int size;
-    long rounds = DEFAULT_ROUNDS;
-
-    CHK(MPI_Init(&argc, &argv));
-    CHK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    CHK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
-    CHK(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    if (size < 2)
-        fail("needs at least 2 ranks, got %d", size);
-    if (argc > 1) {
-        char *end;
-        rounds = strtol(argv[1], &end, 10);
-        if (*end != '\0' || rounds <= 0)
-            fail("bad round count '%s'", argv[1]);
-    }
+    const int size = init_world(&argc, &argv, 2);
+    const long rounds = count_arg(argc, argv, DEFAULT_ROUNDS, "round");
     MPI_Comm comms[2];
     CHK(MPI_Comm_dup(MPI_COMM_WORLD, &comms[0]));
     CHK(MPI_Comm_dup(MPI_COMM_WORLD, &comms[1]));
@@ -165,7 +99,7 @@ int main(int argc, char **argv)
             }
 
         for (int c = 0; c < ROUND_WORK; c++)
-            work((uint64_t)c);
+            work(WORK_CHUNK, (uint64_t)c);
 
         for (int p = 0; p < npeers; p++) {
             src[p].rank = (g_rank + 1 + p) % size;
@@ -201,7 +135,7 @@ int main(int argc, char **argv)
                 for (long c = 0; !flag; c++) {
                     CHK(MPI_Improbe(psrc, ptag, comm, &flag, &msg, &pst));
                     if (!flag)
-                        work((uint64_t)c);
+                        work(WORK_CHUNK, (uint64_t)c);
                 }
             } else {
                 CHK(MPI_Mprobe(psrc, ptag, comm, &msg, &pst));

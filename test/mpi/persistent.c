@@ -16,12 +16,9 @@
  * Supports:  np >= 2 (the output depends on np).
  * Exit:      0 on success; a failed check prints "FAIL: ..." and aborts.
  */
-#include <mpi.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "mpitest.h"
 
 #define DEFAULT_ITERS 15000
 #define SMALL_N 64          /* int64 values: 512 bytes */
@@ -34,47 +31,6 @@ enum { TAG_TO_RIGHT = 1, TAG_TO_LEFT = 2, TAG_BIG = 3 };
 /* Request slots: the small ones first so MPI_Startall can take a prefix. */
 enum { R_RECV_L, R_RECV_R, R_SEND_R, R_SEND_L, R_BIG_RECV, R_BIG_SEND, NREQ };
 
-static int g_rank = -1;
-
-#if defined(__GNUC__)
-__attribute__((noreturn, format(printf, 1, 2)))
-#endif
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL: [rank %d] ", g_rank);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
-}
-
-/* MPI_ERRORS_RETURN is set on MPI_COMM_WORLD so every code reaches here. */
-#define CHK(call)                                                          \
-    do {                                                                   \
-        int rc_ = (call);                                                  \
-        if (rc_ != MPI_SUCCESS) {                                          \
-            char es_[MPI_MAX_ERROR_STRING];                                \
-            int el_ = 0;                                                   \
-            MPI_Error_string(rc_, es_, &el_);                              \
-            fail("%s:%d: %s returned %d (%s)", __FILE__, __LINE__, #call, \
-                 rc_, es_);                                                \
-        }                                                                  \
-    } while (0)
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 /* Value k of what `sender` sends on `tag` in iteration it. */
 static int64_t val(int sender, int tag, long it, long k)
 {
@@ -82,32 +38,10 @@ static int64_t val(int sender, int tag, long it, long k)
                           ((uint64_t)it << 20) ^ (uint64_t)k);
 }
 
-static volatile uint64_t g_sink;
-static void work(uint64_t seed)
-{
-    uint64_t x = seed;
-    for (long i = 0; i < WORK_CHUNK; i++)
-        x = mix64(x + (uint64_t)i);
-    g_sink ^= x;
-}
-
 int main(int argc, char **argv)
 {
-    int size;
-    long iters = DEFAULT_ITERS;
-
-    CHK(MPI_Init(&argc, &argv));
-    CHK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    CHK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
-    CHK(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    if (size < 2)
-        fail("needs at least 2 ranks, got %d", size);
-    if (argc > 1) {
-        char *end;
-        iters = strtol(argv[1], &end, 10);
-        if (*end != '\0' || iters <= 0)
-            fail("bad iteration count '%s'", argv[1]);
-    }
+    const int size = init_world(&argc, &argv, 2);
+    const long iters = count_arg(argc, argv, DEFAULT_ITERS, "iteration");
     const int right = (g_rank + 1) % size, left = (g_rank + size - 1) % size;
 
     static int64_t sr[SMALL_N], sl[SMALL_N], rl[SMALL_N], rr[SMALL_N];
@@ -149,7 +83,7 @@ int main(int argc, char **argv)
         if (it % 2 == 0) {
             CHK(MPI_Startall(n, req));
             for (int c = 0; c < WORK_CHUNKS; c++)
-                work((uint64_t)c);
+                work(WORK_CHUNK, (uint64_t)c);
             CHK(MPI_Waitall(n, req, st));
         } else if (it % 4 == 1) {
             /* Start one by one, then poll each with MPI_Test. */
@@ -158,7 +92,7 @@ int main(int argc, char **argv)
             int done[NREQ] = {0}, left_to_do = n;
             for (int c = 0; left_to_do > 0; c++) {
                 if (c < WORK_CHUNKS)
-                    work((uint64_t)c);
+                    work(WORK_CHUNK, (uint64_t)c);
                 for (int i = 0; i < n; i++)
                     if (!done[i]) {
                         CHK(MPI_Test(&req[i], &done[i], &st[i]));
@@ -172,7 +106,7 @@ int main(int argc, char **argv)
             int flag = 0;
             for (int c = 0; !flag; c++) {
                 if (c < WORK_CHUNKS)
-                    work((uint64_t)c);
+                    work(WORK_CHUNK, (uint64_t)c);
                 CHK(MPI_Testall(n, req, &flag, st));
             }
         }

@@ -18,58 +18,13 @@
  * tcp, adding `--mca osc pt2pt` makes it work.
  * Exit:      0 on success; a failed check prints "FAIL: ..." and aborts.
  */
-#include <mpi.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "mpitest.h"
 
 #define DEFAULT_ITERS 3000
 #define BLOCK 1024 /* int64 values per block */
 #define WORK_ROUNDS 60000L /* computation per iteration (~0.3 ms) */
-
-static int g_rank = -1;
-
-#if defined(__GNUC__)
-__attribute__((noreturn, format(printf, 1, 2)))
-#endif
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "FAIL: [rank %d] ", g_rank);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
-}
-
-/* MPI_ERRORS_RETURN is set on MPI_COMM_WORLD and on the window (windows have
- * their own error handler), so every code reaches here. */
-#define CHK(call)                                                          \
-    do {                                                                   \
-        int rc_ = (call);                                                  \
-        if (rc_ != MPI_SUCCESS) {                                          \
-            char es_[MPI_MAX_ERROR_STRING];                                \
-            int el_ = 0;                                                   \
-            MPI_Error_string(rc_, es_, &el_);                              \
-            fail("%s:%d: %s returned %d (%s)", __FILE__, __LINE__, #call, \
-                 rc_, es_);                                                \
-        }                                                                  \
-    } while (0)
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
 
 /* Kept below 2^40 so accumulated sums stay exact. */
 static int64_t val(int what, int r, long it, long k)
@@ -78,33 +33,10 @@ static int64_t val(int what, int r, long it, long k)
                            ((uint64_t)it << 16) ^ (uint64_t)k) >> 24);
 }
 
-/* Computation between epochs, as an application would do; its result goes
- * into the checksum so it cannot be optimised away. */
-static uint64_t work(uint64_t seed)
-{
-    uint64_t x = seed;
-    for (long i = 0; i < WORK_ROUNDS; i++)
-        x = mix64(x + (uint64_t)i);
-    return x;
-}
-
 int main(int argc, char **argv)
 {
-    int size;
-    long iters = DEFAULT_ITERS;
-
-    CHK(MPI_Init(&argc, &argv));
-    CHK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    CHK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
-    CHK(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    if (size < 2)
-        fail("needs at least 2 ranks, got %d", size);
-    if (argc > 1) {
-        char *end;
-        iters = strtol(argv[1], &end, 10);
-        if (*end != '\0' || iters <= 0)
-            fail("bad iteration count '%s'", argv[1]);
-    }
+    const int size = init_world(&argc, &argv, 2);
+    const long iters = count_arg(argc, argv, DEFAULT_ITERS, "iteration");
     const int right = (g_rank + 1) % size, left = (g_rank + size - 1) % size;
 
     /* Window layout: [put target: BLOCK][accumulate target: BLOCK]. */
@@ -160,7 +92,9 @@ int main(int argc, char **argv)
         for (long k = 0; k < BLOCK; k++)
             if (got[k] != val(1, ll, it, k))
                 fail("iteration %ld: get from %d, value %ld wrong", it, left, k);
-        hash = mix64(hash ^ (uint64_t)got[BLOCK / 2]) + work((uint64_t)got[0]);
+        /* Computation between epochs, as an application would do; its
+         * result goes into the checksum so it cannot be optimised away. */
+        hash = mix64(hash ^ (uint64_t)got[BLOCK / 2]) + spin(WORK_ROUNDS, (uint64_t)got[0]);
 
         if ((it + 1) % report_every == 0) {
             uint64_t tot;
