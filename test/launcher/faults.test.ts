@@ -91,6 +91,25 @@ t.test('RESUME never comes: ranks resume by themselves after the limit', async (
   t.match(r.stderr, /resuming by myself: no RESUME within 700 ms/);
 });
 
+t.test('SIGTERM while frozen: ranks resumed, job stopped, nothing left behind', async (t) => {
+  const jobId = `sigterm-${process.pid}`;
+  const { child, done } = start(process.execPath, [
+    symbioMpirun, '--job-id', jobId, ...mpiCommon, '-np', '4', prog('ring'), '100000000',
+  ]);
+  const desc = await waitForJob(jobId, 4);
+  const reply = await controlRequest(desc.socket, { op: 'quiesce', freeze: true, timeoutMs: 20_000 }, 25_000);
+  t.ok(reply.ok, 'frozen');
+  const t0 = Date.now();
+  child.kill('SIGTERM');
+  const r = await done;
+  t.ok(Date.now() - t0 < 20_000, `stopped in ${Date.now() - t0} ms`);
+  t.not(r.code, 0, `non-zero exit (${r.code ?? r.signal})`);
+  t.match(r.stderr, /signal: resuming ranks and stopping the job/, 'said what it did');
+  t.notOk(existsSync(`/dev/shm${desc.segment}`), 'segment removed');
+  t.notOk(existsSync(desc.socket), 'socket removed');
+  t.notOk(existsSync(descriptionPath(runtimeDir(), jobId)), 'job description removed');
+});
+
 t.test('a rank killed mid-run is an event in TypeScript', async (t) => {
   const exits: AttachedRank[] = [];
   let agent: NodeAgent | null = null;
