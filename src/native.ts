@@ -18,7 +18,7 @@
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import type { CatchupTarget, CommSeq, NodeSnapshot, RankSnapshot, RankState } from './quiesce/snapshot.js';
+import type { CatchupTarget, NodeSnapshot, RankSnapshot, RankState } from './quiesce/snapshot.js';
 import { nativeArtifact } from './util/package-root.js';
 
 export type Command = 'run' | 'hold' | 'freeze';
@@ -108,30 +108,12 @@ export interface NativeNodeSnapshot extends NodeSnapshot {
 
 // ---- the addon's raw shapes (see native/addon/control_segment.cc) ----
 
-interface RawRank {
-  readonly slot: number;
+/** A rank as the addon returns it: the coordinator's view minus `node`, with
+ * counters as typed arrays (copied into plain arrays by `snapshot`). */
+interface RawRank extends Omit<RankSnapshot, 'node' | 'state' | 'sent' | 'recvd'> {
   readonly state: Exclude<RankState, 'empty'>;
-  readonly pid: number;
-  readonly worldRank: number;
-  readonly worldSize: number;
-  readonly ackEpoch: number;
-  readonly changeSeq: number;
   readonly flags: number;
-  readonly inCollective: boolean;
-  readonly unsupported: string | null;
-  readonly autoresumed: boolean;
-  readonly autoresumeReason: string | null;
   readonly autoresumes: number;
-  readonly pendingSends: number;
-  readonly pendingRecvs: number;
-  readonly pendingColls: number;
-  readonly drainedNow: number;
-  readonly drainedTotal: number;
-  readonly pmpiCalls: number;
-  readonly heldNs: number;
-  readonly frozenNs: number;
-  readonly resumedNs: number;
-  readonly comms: readonly CommSeq[];
   readonly sent: Float64Array;
   readonly recvd: Float64Array;
 }
