@@ -105,6 +105,8 @@ extern int shim_drained_count; /* messages waiting in the buffer */
 int shim_drain_all(void);      /* pull every unexpected message; 1 if any */
 shim_msg *shim_drain_match(MPI_Comm comm, int source, int tag, int take);
 void shim_msg_status(const shim_msg *m, MPI_Status *st);
+int shim_msg_unpack(shim_msg *m, void *buf, int count, MPI_Datatype dt, MPI_Comm comm,
+                    MPI_Status *st);
 int shim_msg_deliver(shim_msg *m, void *buf, int count, MPI_Datatype dt, MPI_Comm comm,
                      MPI_Status *st);
 int shim_msg_irecv(shim_msg *m, void *buf, int count, MPI_Datatype dt, MPI_Comm comm,
@@ -114,6 +116,7 @@ MPI_Message shim_msg_claim(shim_msg *m);
 int shim_msg_is_fake(MPI_Message m);
 shim_msg *shim_msg_unclaim(MPI_Message h);
 void shim_msg_free(shim_msg *m);
+void shim_drain_forget(MPI_Comm comm);
 
 /* ---- core: segment, state, holding ------------------------------------ */
 
@@ -134,6 +137,9 @@ typedef struct shim_globals {
   int world_rank;
   int world_size;
   int unsupported;              /* enum symbio_unsupported */
+  int passthrough;              /* MPI_THREAD_MULTIPLE: no bookkeeping at all */
+  uint32_t ncomms;              /* private copy of slot->ncomms (never trust
+                                   shared memory for our own indices) */
   uint32_t ignore_epoch;        /* epoch we resumed from by ourselves */
   int have_ignore;
   int agent_pidfd;
@@ -176,15 +182,23 @@ int shim_hold_step(void);
     if (SHIM_CMD_NEW()) shim_safe_point_slow();  \
   } while (0)
 
+/* Every wrapper starts here. Under MPI_THREAD_MULTIPLE the shim's bookkeeping
+ * (not thread-safe) is bypassed entirely: the call goes straight to PMPI. */
+#define SHIM_ENTER(passthrough_call)                                   \
+  do {                                                                 \
+    if (SHIM_UNLIKELY(shim_g.passthrough)) return (passthrough_call); \
+    SHIM_SAFE_POINT();                                                 \
+  } while (0)
+
 /* Inside test loops: returns non-zero when the loop must skip MPI this turn. */
 static inline int shim_blocked_tick(void) {
   if (SHIM_LIKELY(shim_cmd_word() == shim_g.run_word)) return 0;
   return shim_hold_step() == HS_FROZEN;
 }
 
-/* Wait for n requests (Test, or Testall when n > 1) as a safe point: the
+/* Wait for one request (Test) or n (Testall, when `all`) as a safe point: the
  * blocking form of every receive-side wait. */
-int shim_wait_test_loop(int n, MPI_Request *r, MPI_Status *sts);
+int shim_wait_test_loop(int n, MPI_Request *r, MPI_Status *sts, int all);
 
 /* Counters (owner-only writes; relaxed so the agent can read them). */
 static inline void shim_count_sent(int world_peer) {

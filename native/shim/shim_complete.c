@@ -38,11 +38,16 @@ static void scratch_put(scratch *sc, MPI_Status *app_sts) {
   if (app_sts == MPI_STATUSES_IGNORE) free(sc->s);
 }
 
-static void complete_handle(MPI_Request h, MPI_Status *st) {
+/* Returns the error of a completion the shim made itself (else MPI_SUCCESS). */
+static int complete_handle(MPI_Request h, MPI_Status *st) {
   shim_req *e = shim_req_find(h);
-  if (!e) return;
+  if (!e) return MPI_SUCCESS;
+  int rc = e->shim_done ? e->st.MPI_ERROR : MPI_SUCCESS;
+  MPI_Comm comm = e->shim_done && e->comm ? e->comm->comm : MPI_COMM_NULL;
   if (e->shim_done && st != MPI_STATUS_IGNORE) *st = e->st;
   shim_req_completed(e, st);
+  if (rc != MPI_SUCCESS && comm != MPI_COMM_NULL) PMPI_Comm_call_errhandler(comm, rc);
+  return rc;
 }
 
 /* A shim_done request among reqs[0..n)? Returns its index or -1. */
@@ -56,27 +61,23 @@ static int find_shim_done(int n, MPI_Request *reqs) {
 }
 
 int MPI_Wait(MPI_Request *req, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Wait(req, status));
   MPI_Request h = *req;
   MPI_Status local, *st = status == MPI_STATUS_IGNORE ? &local : status;
-  if (find_shim_done(1, req) == 0) {
-    complete_handle(h, st);
-    return MPI_SUCCESS;
-  }
-  int rc = shim_wait_test_loop(1, req, st);
+  if (find_shim_done(1, req) == 0) return complete_handle(h, st);
+  int rc = shim_wait_test_loop(1, req, st, 0);
   complete_handle(h, st);
   SHIM_BOUNDARY();
   return rc;
 }
 
 int MPI_Test(MPI_Request *req, int *flag, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Test(req, flag, status));
   MPI_Request h = *req;
   MPI_Status local, *st = status == MPI_STATUS_IGNORE ? &local : status;
   if (find_shim_done(1, req) == 0) {
     *flag = 1;
-    complete_handle(h, st);
-    return MPI_SUCCESS;
+    return complete_handle(h, st);
   }
   int rc = PMPI_Test(req, flag, st);
   if (*flag) complete_handle(h, st);
@@ -84,7 +85,7 @@ int MPI_Test(MPI_Request *req, int *flag, MPI_Status *status) {
 }
 
 int MPI_Request_get_status(MPI_Request req, int *flag, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Request_get_status(req, flag, status));
   shim_req *e = shim_req_find(req);
   if (e && e->shim_done) {
     *flag = 1;
@@ -98,21 +99,25 @@ int MPI_Request_get_status(MPI_Request req, int *flag, MPI_Status *status) {
 }
 
 int MPI_Waitall(int n, MPI_Request reqs[], MPI_Status *statuses) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Waitall(n, reqs, statuses));
   scratch sc;
   if (scratch_get(&sc, n, reqs, statuses) != 0) {
     scratch_put(&sc, statuses);
     return PMPI_Waitall(n, reqs, statuses); /* no memory: correct but unwatched */
   }
-  int rc = shim_wait_test_loop(n, reqs, sc.s);
-  for (int i = 0; i < n; i++) complete_handle(sc.h[i], &sc.s[i]);
+  int rc = shim_wait_test_loop(n, reqs, sc.s, 1);
+  for (int i = 0; i < n; i++) {
+    /* with MPI_ERR_IN_STATUS some requests may still be live */
+    if (rc == MPI_ERR_IN_STATUS && sc.s[i].MPI_ERROR == MPI_ERR_PENDING) continue;
+    complete_handle(sc.h[i], &sc.s[i]);
+  }
   scratch_put(&sc, statuses);
   SHIM_BOUNDARY();
   return rc;
 }
 
 int MPI_Testall(int n, MPI_Request reqs[], int *flag, MPI_Status *statuses) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Testall(n, reqs, flag, statuses));
   scratch sc;
   if (scratch_get(&sc, n, reqs, statuses) != 0) {
     scratch_put(&sc, statuses);
@@ -154,7 +159,7 @@ static int any_common(int n, MPI_Request reqs[], int *index, int *flag, MPI_Stat
 }
 
 int MPI_Waitany(int n, MPI_Request reqs[], int *index, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Waitany(n, reqs, index, status));
   int flag = 0;
   int rc = any_common(n, reqs, index, &flag, status, 1);
   SHIM_BOUNDARY();
@@ -162,7 +167,7 @@ int MPI_Waitany(int n, MPI_Request reqs[], int *index, MPI_Status *status) {
 }
 
 int MPI_Testany(int n, MPI_Request reqs[], int *index, int *flag, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Testany(n, reqs, index, flag, status));
   return any_common(n, reqs, index, flag, status, 0);
 }
 
@@ -204,19 +209,19 @@ static int some_common(int n, MPI_Request reqs[], int *outcount, int indices[],
 }
 
 int MPI_Waitsome(int n, MPI_Request reqs[], int *outcount, int indices[], MPI_Status statuses[]) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Waitsome(n, reqs, outcount, indices, statuses));
   int rc = some_common(n, reqs, outcount, indices, statuses, 1);
   SHIM_BOUNDARY();
   return rc;
 }
 
 int MPI_Testsome(int n, MPI_Request reqs[], int *outcount, int indices[], MPI_Status statuses[]) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Testsome(n, reqs, outcount, indices, statuses));
   return some_common(n, reqs, outcount, indices, statuses, 0);
 }
 
 int MPI_Request_free(MPI_Request *req) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Request_free(req));
   shim_req *e = shim_req_find(*req);
   if (e) {
     /* an active request freed by the application completes unseen: stop
@@ -229,7 +234,7 @@ int MPI_Request_free(MPI_Request *req) {
 }
 
 int MPI_Cancel(MPI_Request *req) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Cancel(req));
   shim_req *e = shim_req_find(*req);
   if (e && e->shim_done) return MPI_SUCCESS; /* complete already */
   if (e) e->cancel_asked = 1;

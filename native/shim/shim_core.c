@@ -113,20 +113,21 @@ void shim_mark_unsupported(int reason, const char *what) {
 
 int shim_pub_add(uint64_t gid) {
   if (!shim_g.attached) return -1;
-  uint32_t n = shim_g.slot->ncomms;
+  uint32_t n = shim_g.ncomms;
   if (n >= SYMBIO_MAX_COMMS) {
     shim_mark_unsupported(SYMBIO_UNSUP_TOO_MANY_COMMS, "more than 64 live communicators");
     return -1;
   }
   shim_g.slot->comms[n].gid = gid;
   shim_g.slot->comms[n].seq = 0;
+  shim_g.ncomms = n + 1;
   __atomic_store_n(&shim_g.slot->ncomms, n + 1, __ATOMIC_RELEASE);
   return (int)n;
 }
 
 void shim_pub_remove(int pub) {
   if (!shim_g.attached || pub < 0) return;
-  uint32_t n = shim_g.slot->ncomms;
+  uint32_t n = shim_g.ncomms;
   if ((uint32_t)pub >= n) return;
   uint32_t last = n - 1;
   if ((uint32_t)pub != last) {
@@ -137,6 +138,7 @@ void shim_pub_remove(int pub) {
       if (c && c->pub == (int)last) c->pub = pub;
     }
   }
+  shim_g.ncomms = last;
   __atomic_store_n(&shim_g.slot->ncomms, last, __ATOMIC_RELEASE);
 }
 
@@ -245,6 +247,7 @@ static int attach_segment(const char *name) {
   s->unsupported = 0;
   s->autoresume_reason = 0;
   s->ncomms = 0;
+  shim_g.ncomms = 0;
   s->pending_sends = s->pending_recvs = s->pending_colls = 0;
   s->drained_now = 0;
   s->drained_total = 0;
@@ -282,8 +285,10 @@ int shim_attach_after_init(int provided) {
   if (!name || !*name || attach_segment(name) != 0) use_private_counters();
   shim_g.inited = 1;
   shim_comm_init();
-  if (provided == MPI_THREAD_MULTIPLE)
+  if (provided == MPI_THREAD_MULTIPLE) {
     shim_mark_unsupported(SYMBIO_UNSUP_THREAD_MULTIPLE, "MPI_THREAD_MULTIPLE");
+    shim_g.passthrough = 1; /* our tables are not thread-safe: hands off */
+  }
   if (shim_g.attached) shim_changed(); /* tells the agent we are here */
   if (shim_g.verbose) shim_log("attached=%d world=%d", shim_g.attached, shim_g.world_size);
   return 0;
@@ -338,7 +343,7 @@ static int behind_on_catchup(uint32_t epoch) {
   uint32_t n = __atomic_load_n(&s->catchup_count, __ATOMIC_ACQUIRE);
   if (n == 0 || __atomic_load_n(&s->catchup_epoch, __ATOMIC_ACQUIRE) != epoch) return 0;
   if (n > SYMBIO_MAX_COMMS) n = SYMBIO_MAX_COMMS; /* validate agent input */
-  uint32_t nc = s->ncomms;
+  uint32_t nc = shim_g.ncomms;
   for (uint32_t i = 0; i < n; i++) {
     uint64_t gid = s->catchup[i].gid, target = s->catchup[i].seq;
     for (uint32_t j = 0; j < nc; j++)

@@ -10,6 +10,7 @@
  * arriving messages against posted receives before they become unexpected, so
  * Improbe never sees them.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,7 @@ static shim_msg *head, *tail; /* drained, in arrival order */
 static shim_msg *claimed;     /* taken by M(I)probe, awaiting M(I)recv */
 int shim_claimed_count;
 int shim_drained_count;
+static int too_big_said;
 
 static void set_drained_now(void) { SHIM_SLOT_SET(drained_now, (uint32_t)shim_drained_count); }
 
@@ -33,12 +35,23 @@ int shim_drain_all(void) {
       int flag = 0, bytes = 0;
       MPI_Message mh;
       MPI_Status st;
-      if (PMPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, &mh, &st) != MPI_SUCCESS ||
-          !flag)
+      MPI_Count n = 0;
+      /* look first (without matching) so a message we cannot hold is left in
+         MPI, in order; that quiesce then stalls and resumes, nothing lost */
+      if (PMPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->comm, &flag, &st) != MPI_SUCCESS || !flag)
         break;
+      PMPI_Get_elements_x(&st, MPI_BYTE, &n);
+      if (n == MPI_UNDEFINED || n < 0 || n > INT_MAX) {
+        if (!too_big_said++)
+          shim_log("a %lld-byte message is too large to drain; quiesce cannot complete while it "
+                   "is in flight",
+                   (long long)n);
+        break;
+      }
+      if (PMPI_Improbe(st.MPI_SOURCE, st.MPI_TAG, c->comm, &flag, &mh, &st) != MPI_SUCCESS || !flag)
+        break;
+      bytes = (int)n;
       shim_change_begin();
-      PMPI_Get_count(&st, MPI_BYTE, &bytes);
-      if (bytes < 0) bytes = 0;
       shim_msg *m = malloc(sizeof *m + (size_t)bytes);
       if (!m) {
         shim_log("out of memory draining a %d-byte message; aborting", bytes);
@@ -98,8 +111,9 @@ void shim_msg_status(const shim_msg *m, MPI_Status *st) {
   PMPI_Status_set_cancelled(st, 0);
 }
 
-/* Copy a drained message into the application's buffer; frees m. */
-static int unpack_into(shim_msg *m, void *buf, int count, MPI_Datatype dt, MPI_Comm comm,
+/* Copy a drained message into the application's buffer; frees m. The error
+ * (truncation) is in the status and the result; no error handler is called. */
+int shim_msg_unpack(shim_msg *m, void *buf, int count, MPI_Datatype dt, MPI_Comm comm,
                        MPI_Status *st) {
   int cap = 0, one = 0, pos = 0, rc = MPI_SUCCESS;
   PMPI_Pack_size(count, dt, comm, &cap);
@@ -120,7 +134,7 @@ static int unpack_into(shim_msg *m, void *buf, int count, MPI_Datatype dt, MPI_C
 int shim_msg_deliver(shim_msg *m, void *buf, int count, MPI_Datatype dt, MPI_Comm comm,
                      MPI_Status *st) {
   MPI_Status local;
-  int rc = unpack_into(m, buf, count, dt, comm, st == MPI_STATUS_IGNORE ? &local : st);
+  int rc = shim_msg_unpack(m, buf, count, dt, comm, st == MPI_STATUS_IGNORE ? &local : st);
   if (rc != MPI_SUCCESS) return PMPI_Comm_call_errhandler(comm, rc), rc;
   return rc;
 }
@@ -151,7 +165,7 @@ int shim_msg_irecv(shim_msg *m, void *buf, int count, MPI_Datatype dt, MPI_Comm 
                    MPI_Request *req) {
   done_state *d = malloc(sizeof *d);
   if (!d) return PMPI_Comm_call_errhandler(comm, MPI_ERR_NO_MEM), MPI_ERR_NO_MEM;
-  d->rc = unpack_into(m, buf, count, dt, comm, &d->st);
+  d->rc = shim_msg_unpack(m, buf, count, dt, comm, &d->st);
   int rc = PMPI_Grequest_start(done_query, done_free, done_cancel, d, req);
   if (rc != MPI_SUCCESS) {
     free(d);
@@ -193,3 +207,25 @@ shim_msg *shim_msg_unclaim(MPI_Message h) {
 }
 
 void shim_msg_free(shim_msg *m) { free(m); }
+
+/* A freed communicator's handle may come back for a new one: its drained
+ * messages must not be delivered there. */
+void shim_drain_forget(MPI_Comm comm) {
+  shim_msg *prev = NULL, *m = head;
+  while (m) {
+    shim_msg *next = m->next;
+    if (m->comm == comm) {
+      if (prev)
+        prev->next = next;
+      else
+        head = next;
+      if (tail == m) tail = prev;
+      free(m);
+      shim_drained_count--;
+    } else {
+      prev = m;
+    }
+    m = next;
+  }
+  set_drained_now();
+}

@@ -3,7 +3,7 @@
 
 /* Blocking collectives: count on entry, flag 'inside', hold at exit. */
 int MPI_Barrier(MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Barrier(comm));
   shim_coll_enter(comm);
   int rc = PMPI_Barrier(comm);
   shim_coll_leave();
@@ -11,7 +11,7 @@ int MPI_Barrier(MPI_Comm comm) {
 }
 
 int MPI_Bcast(void * buffer, int count, MPI_Datatype datatype, int root, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Bcast(buffer, count, datatype, root, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Bcast(buffer, count, datatype, root, comm);
   shim_coll_leave();
@@ -19,7 +19,7 @@ int MPI_Bcast(void * buffer, int count, MPI_Datatype datatype, int root, MPI_Com
 }
 
 int MPI_Gather(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, int root, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Gather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, root, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Gather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, root, comm);
   shim_coll_leave();
@@ -27,7 +27,7 @@ int MPI_Gather(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void 
 }
 
 int MPI_Gatherv(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, const int recvcounts[], const int displs[], MPI_Datatype recvtype, int root, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Gatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, root, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Gatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, root, comm);
   shim_coll_leave();
@@ -35,7 +35,7 @@ int MPI_Gatherv(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void
 }
 
 int MPI_Scatter(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, int root, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Scatter(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, root, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Scatter(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, root, comm);
   shim_coll_leave();
@@ -43,7 +43,7 @@ int MPI_Scatter(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void
 }
 
 int MPI_Scatterv(const void * sendbuf, const int sendcounts[], const int displs[], MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, int root, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Scatterv(sendbuf, sendcounts, displs, sendtype, recvbuf, recvcount, recvtype, root, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Scatterv(sendbuf, sendcounts, displs, sendtype, recvbuf, recvcount, recvtype, root, comm);
   shim_coll_leave();
@@ -51,7 +51,7 @@ int MPI_Scatterv(const void * sendbuf, const int sendcounts[], const int displs[
 }
 
 int MPI_Allgather(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Allgather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Allgather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm);
   shim_coll_leave();
@@ -59,7 +59,7 @@ int MPI_Allgather(const void * sendbuf, int sendcount, MPI_Datatype sendtype, vo
 }
 
 int MPI_Allgatherv(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, const int recvcounts[], const int displs[], MPI_Datatype recvtype, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Allgatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Allgatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, comm);
   shim_coll_leave();
@@ -67,7 +67,7 @@ int MPI_Allgatherv(const void * sendbuf, int sendcount, MPI_Datatype sendtype, v
 }
 
 int MPI_Alltoall(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Alltoall(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Alltoall(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm);
   shim_coll_leave();
@@ -75,7 +75,7 @@ int MPI_Alltoall(const void * sendbuf, int sendcount, MPI_Datatype sendtype, voi
 }
 
 int MPI_Alltoallv(const void * sendbuf, const int sendcounts[], const int sdispls[], MPI_Datatype sendtype, void * recvbuf, const int recvcounts[], const int rdispls[], MPI_Datatype recvtype, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Alltoallv(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Alltoallv(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm);
   shim_coll_leave();
@@ -83,7 +83,7 @@ int MPI_Alltoallv(const void * sendbuf, const int sendcounts[], const int sdispl
 }
 
 int MPI_Alltoallw(const void * sendbuf, const int sendcounts[], const int sdispls[], const MPI_Datatype sendtypes[], void * recvbuf, const int recvcounts[], const int rdispls[], const MPI_Datatype recvtypes[], MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Alltoallw(sendbuf, sendcounts, sdispls, sendtypes, recvbuf, recvcounts, rdispls, recvtypes, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Alltoallw(sendbuf, sendcounts, sdispls, sendtypes, recvbuf, recvcounts, rdispls, recvtypes, comm);
   shim_coll_leave();
@@ -91,7 +91,7 @@ int MPI_Alltoallw(const void * sendbuf, const int sendcounts[], const int sdispl
 }
 
 int MPI_Reduce(const void * sendbuf, void * recvbuf, int count, MPI_Datatype datatype, MPI_Op op, int root, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Reduce(sendbuf, recvbuf, count, datatype, op, root, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Reduce(sendbuf, recvbuf, count, datatype, op, root, comm);
   shim_coll_leave();
@@ -99,7 +99,7 @@ int MPI_Reduce(const void * sendbuf, void * recvbuf, int count, MPI_Datatype dat
 }
 
 int MPI_Allreduce(const void * sendbuf, void * recvbuf, int count, MPI_Datatype datatype, MPI_Op op, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Allreduce(sendbuf, recvbuf, count, datatype, op, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Allreduce(sendbuf, recvbuf, count, datatype, op, comm);
   shim_coll_leave();
@@ -107,7 +107,7 @@ int MPI_Allreduce(const void * sendbuf, void * recvbuf, int count, MPI_Datatype 
 }
 
 int MPI_Reduce_scatter(const void * sendbuf, void * recvbuf, const int recvcounts[], MPI_Datatype datatype, MPI_Op op, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Reduce_scatter(sendbuf, recvbuf, recvcounts, datatype, op, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Reduce_scatter(sendbuf, recvbuf, recvcounts, datatype, op, comm);
   shim_coll_leave();
@@ -115,7 +115,7 @@ int MPI_Reduce_scatter(const void * sendbuf, void * recvbuf, const int recvcount
 }
 
 int MPI_Reduce_scatter_block(const void * sendbuf, void * recvbuf, int recvcount, MPI_Datatype datatype, MPI_Op op, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Reduce_scatter_block(sendbuf, recvbuf, recvcount, datatype, op, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Reduce_scatter_block(sendbuf, recvbuf, recvcount, datatype, op, comm);
   shim_coll_leave();
@@ -123,7 +123,7 @@ int MPI_Reduce_scatter_block(const void * sendbuf, void * recvbuf, int recvcount
 }
 
 int MPI_Scan(const void * sendbuf, void * recvbuf, int count, MPI_Datatype datatype, MPI_Op op, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Scan(sendbuf, recvbuf, count, datatype, op, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Scan(sendbuf, recvbuf, count, datatype, op, comm);
   shim_coll_leave();
@@ -131,7 +131,7 @@ int MPI_Scan(const void * sendbuf, void * recvbuf, int count, MPI_Datatype datat
 }
 
 int MPI_Exscan(const void * sendbuf, void * recvbuf, int count, MPI_Datatype datatype, MPI_Op op, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Exscan(sendbuf, recvbuf, count, datatype, op, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Exscan(sendbuf, recvbuf, count, datatype, op, comm);
   shim_coll_leave();
@@ -139,7 +139,7 @@ int MPI_Exscan(const void * sendbuf, void * recvbuf, int count, MPI_Datatype dat
 }
 
 int MPI_Neighbor_allgather(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Neighbor_allgather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Neighbor_allgather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm);
   shim_coll_leave();
@@ -147,7 +147,7 @@ int MPI_Neighbor_allgather(const void * sendbuf, int sendcount, MPI_Datatype sen
 }
 
 int MPI_Neighbor_allgatherv(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, const int recvcounts[], const int displs[], MPI_Datatype recvtype, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Neighbor_allgatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Neighbor_allgatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, comm);
   shim_coll_leave();
@@ -155,7 +155,7 @@ int MPI_Neighbor_allgatherv(const void * sendbuf, int sendcount, MPI_Datatype se
 }
 
 int MPI_Neighbor_alltoall(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Neighbor_alltoall(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Neighbor_alltoall(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm);
   shim_coll_leave();
@@ -163,7 +163,7 @@ int MPI_Neighbor_alltoall(const void * sendbuf, int sendcount, MPI_Datatype send
 }
 
 int MPI_Neighbor_alltoallv(const void * sendbuf, const int sendcounts[], const int sdispls[], MPI_Datatype sendtype, void * recvbuf, const int recvcounts[], const int rdispls[], MPI_Datatype recvtype, MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Neighbor_alltoallv(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Neighbor_alltoallv(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm);
   shim_coll_leave();
@@ -171,7 +171,7 @@ int MPI_Neighbor_alltoallv(const void * sendbuf, const int sendcounts[], const i
 }
 
 int MPI_Neighbor_alltoallw(const void * sendbuf, const int sendcounts[], const MPI_Aint sdispls[], const MPI_Datatype sendtypes[], void * recvbuf, const int recvcounts[], const MPI_Aint rdispls[], const MPI_Datatype recvtypes[], MPI_Comm comm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Neighbor_alltoallw(sendbuf, sendcounts, sdispls, sendtypes, recvbuf, recvcounts, rdispls, recvtypes, comm));
   shim_coll_enter(comm);
   int rc = PMPI_Neighbor_alltoallw(sendbuf, sendcounts, sdispls, sendtypes, recvbuf, recvcounts, rdispls, recvtypes, comm);
   shim_coll_leave();
@@ -180,7 +180,7 @@ int MPI_Neighbor_alltoallw(const void * sendbuf, const int sendcounts[], const M
 
 /* Nonblocking collectives: count on start, track the request. */
 int MPI_Ibarrier(MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ibarrier(comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ibarrier(comm, request);
@@ -190,7 +190,7 @@ int MPI_Ibarrier(MPI_Comm comm, MPI_Request * request) {
 }
 
 int MPI_Ibcast(void * buffer, int count, MPI_Datatype datatype, int root, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ibcast(buffer, count, datatype, root, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ibcast(buffer, count, datatype, root, comm, request);
@@ -200,7 +200,7 @@ int MPI_Ibcast(void * buffer, int count, MPI_Datatype datatype, int root, MPI_Co
 }
 
 int MPI_Igather(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, int root, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Igather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, root, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Igather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, root, comm, request);
@@ -210,7 +210,7 @@ int MPI_Igather(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void
 }
 
 int MPI_Igatherv(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, const int recvcounts[], const int displs[], MPI_Datatype recvtype, int root, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Igatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, root, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Igatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, root, comm, request);
@@ -220,7 +220,7 @@ int MPI_Igatherv(const void * sendbuf, int sendcount, MPI_Datatype sendtype, voi
 }
 
 int MPI_Iscatter(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, int root, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Iscatter(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, root, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Iscatter(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, root, comm, request);
@@ -230,7 +230,7 @@ int MPI_Iscatter(const void * sendbuf, int sendcount, MPI_Datatype sendtype, voi
 }
 
 int MPI_Iscatterv(const void * sendbuf, const int sendcounts[], const int displs[], MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, int root, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Iscatterv(sendbuf, sendcounts, displs, sendtype, recvbuf, recvcount, recvtype, root, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Iscatterv(sendbuf, sendcounts, displs, sendtype, recvbuf, recvcount, recvtype, root, comm, request);
@@ -240,7 +240,7 @@ int MPI_Iscatterv(const void * sendbuf, const int sendcounts[], const int displs
 }
 
 int MPI_Iallgather(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Iallgather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Iallgather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm, request);
@@ -250,7 +250,7 @@ int MPI_Iallgather(const void * sendbuf, int sendcount, MPI_Datatype sendtype, v
 }
 
 int MPI_Iallgatherv(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, const int recvcounts[], const int displs[], MPI_Datatype recvtype, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Iallgatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Iallgatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, comm, request);
@@ -260,7 +260,7 @@ int MPI_Iallgatherv(const void * sendbuf, int sendcount, MPI_Datatype sendtype, 
 }
 
 int MPI_Ialltoall(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ialltoall(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ialltoall(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm, request);
@@ -270,7 +270,7 @@ int MPI_Ialltoall(const void * sendbuf, int sendcount, MPI_Datatype sendtype, vo
 }
 
 int MPI_Ialltoallv(const void * sendbuf, const int sendcounts[], const int sdispls[], MPI_Datatype sendtype, void * recvbuf, const int recvcounts[], const int rdispls[], MPI_Datatype recvtype, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ialltoallv(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ialltoallv(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm, request);
@@ -280,7 +280,7 @@ int MPI_Ialltoallv(const void * sendbuf, const int sendcounts[], const int sdisp
 }
 
 int MPI_Ialltoallw(const void * sendbuf, const int sendcounts[], const int sdispls[], const MPI_Datatype sendtypes[], void * recvbuf, const int recvcounts[], const int rdispls[], const MPI_Datatype recvtypes[], MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ialltoallw(sendbuf, sendcounts, sdispls, sendtypes, recvbuf, recvcounts, rdispls, recvtypes, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ialltoallw(sendbuf, sendcounts, sdispls, sendtypes, recvbuf, recvcounts, rdispls, recvtypes, comm, request);
@@ -290,7 +290,7 @@ int MPI_Ialltoallw(const void * sendbuf, const int sendcounts[], const int sdisp
 }
 
 int MPI_Ireduce(const void * sendbuf, void * recvbuf, int count, MPI_Datatype datatype, MPI_Op op, int root, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ireduce(sendbuf, recvbuf, count, datatype, op, root, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ireduce(sendbuf, recvbuf, count, datatype, op, root, comm, request);
@@ -300,7 +300,7 @@ int MPI_Ireduce(const void * sendbuf, void * recvbuf, int count, MPI_Datatype da
 }
 
 int MPI_Iallreduce(const void * sendbuf, void * recvbuf, int count, MPI_Datatype datatype, MPI_Op op, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Iallreduce(sendbuf, recvbuf, count, datatype, op, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Iallreduce(sendbuf, recvbuf, count, datatype, op, comm, request);
@@ -310,7 +310,7 @@ int MPI_Iallreduce(const void * sendbuf, void * recvbuf, int count, MPI_Datatype
 }
 
 int MPI_Ireduce_scatter(const void * sendbuf, void * recvbuf, const int recvcounts[], MPI_Datatype datatype, MPI_Op op, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ireduce_scatter(sendbuf, recvbuf, recvcounts, datatype, op, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ireduce_scatter(sendbuf, recvbuf, recvcounts, datatype, op, comm, request);
@@ -320,7 +320,7 @@ int MPI_Ireduce_scatter(const void * sendbuf, void * recvbuf, const int recvcoun
 }
 
 int MPI_Ireduce_scatter_block(const void * sendbuf, void * recvbuf, int recvcount, MPI_Datatype datatype, MPI_Op op, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ireduce_scatter_block(sendbuf, recvbuf, recvcount, datatype, op, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ireduce_scatter_block(sendbuf, recvbuf, recvcount, datatype, op, comm, request);
@@ -330,7 +330,7 @@ int MPI_Ireduce_scatter_block(const void * sendbuf, void * recvbuf, int recvcoun
 }
 
 int MPI_Iscan(const void * sendbuf, void * recvbuf, int count, MPI_Datatype datatype, MPI_Op op, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Iscan(sendbuf, recvbuf, count, datatype, op, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Iscan(sendbuf, recvbuf, count, datatype, op, comm, request);
@@ -340,7 +340,7 @@ int MPI_Iscan(const void * sendbuf, void * recvbuf, int count, MPI_Datatype data
 }
 
 int MPI_Iexscan(const void * sendbuf, void * recvbuf, int count, MPI_Datatype datatype, MPI_Op op, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Iexscan(sendbuf, recvbuf, count, datatype, op, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Iexscan(sendbuf, recvbuf, count, datatype, op, comm, request);
@@ -350,7 +350,7 @@ int MPI_Iexscan(const void * sendbuf, void * recvbuf, int count, MPI_Datatype da
 }
 
 int MPI_Ineighbor_allgather(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ineighbor_allgather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ineighbor_allgather(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm, request);
@@ -360,7 +360,7 @@ int MPI_Ineighbor_allgather(const void * sendbuf, int sendcount, MPI_Datatype se
 }
 
 int MPI_Ineighbor_allgatherv(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, const int recvcounts[], const int displs[], MPI_Datatype recvtype, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ineighbor_allgatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ineighbor_allgatherv(sendbuf, sendcount, sendtype, recvbuf, recvcounts, displs, recvtype, comm, request);
@@ -370,7 +370,7 @@ int MPI_Ineighbor_allgatherv(const void * sendbuf, int sendcount, MPI_Datatype s
 }
 
 int MPI_Ineighbor_alltoall(const void * sendbuf, int sendcount, MPI_Datatype sendtype, void * recvbuf, int recvcount, MPI_Datatype recvtype, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ineighbor_alltoall(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ineighbor_alltoall(sendbuf, sendcount, sendtype, recvbuf, recvcount, recvtype, comm, request);
@@ -380,7 +380,7 @@ int MPI_Ineighbor_alltoall(const void * sendbuf, int sendcount, MPI_Datatype sen
 }
 
 int MPI_Ineighbor_alltoallv(const void * sendbuf, const int sendcounts[], const int sdispls[], MPI_Datatype sendtype, void * recvbuf, const int recvcounts[], const int rdispls[], MPI_Datatype recvtype, MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ineighbor_alltoallv(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ineighbor_alltoallv(sendbuf, sendcounts, sdispls, sendtype, recvbuf, recvcounts, rdispls, recvtype, comm, request);
@@ -390,7 +390,7 @@ int MPI_Ineighbor_alltoallv(const void * sendbuf, const int sendcounts[], const 
 }
 
 int MPI_Ineighbor_alltoallw(const void * sendbuf, const int sendcounts[], const MPI_Aint sdispls[], const MPI_Datatype sendtypes[], void * recvbuf, const int recvcounts[], const MPI_Aint rdispls[], const MPI_Datatype recvtypes[], MPI_Comm comm, MPI_Request * request) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Ineighbor_alltoallw(sendbuf, sendcounts, sdispls, sendtypes, recvbuf, recvcounts, rdispls, recvtypes, comm, request));
   shim_comm *c = shim_comm_get(comm);
   if (c) shim_pub_seq_inc(c->pub);
   int rc = PMPI_Ineighbor_alltoallw(sendbuf, sendcounts, sdispls, sendtypes, recvbuf, recvcounts, rdispls, recvtypes, comm, request);
@@ -401,61 +401,61 @@ int MPI_Ineighbor_alltoallw(const void * sendbuf, const int sendcounts[], const 
 
 /* Features the quiesce protocol does not cover: say so once, run on. */
 int MPI_Win_create(void * base, MPI_Aint size, int disp_unit, MPI_Info info, MPI_Comm comm, MPI_Win * win) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Win_create(base, size, disp_unit, info, comm, win));
   shim_mark_unsupported(SYMBIO_UNSUP_RMA, "one-sided communication (MPI_Win_*)");
   return PMPI_Win_create(base, size, disp_unit, info, comm, win);
 }
 
 int MPI_Win_allocate(MPI_Aint size, int disp_unit, MPI_Info info, MPI_Comm comm, void * baseptr, MPI_Win * win) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Win_allocate(size, disp_unit, info, comm, baseptr, win));
   shim_mark_unsupported(SYMBIO_UNSUP_RMA, "one-sided communication (MPI_Win_*)");
   return PMPI_Win_allocate(size, disp_unit, info, comm, baseptr, win);
 }
 
 int MPI_Win_allocate_shared(MPI_Aint size, int disp_unit, MPI_Info info, MPI_Comm comm, void * baseptr, MPI_Win * win) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Win_allocate_shared(size, disp_unit, info, comm, baseptr, win));
   shim_mark_unsupported(SYMBIO_UNSUP_RMA, "one-sided communication (MPI_Win_*)");
   return PMPI_Win_allocate_shared(size, disp_unit, info, comm, baseptr, win);
 }
 
 int MPI_Win_create_dynamic(MPI_Info info, MPI_Comm comm, MPI_Win * win) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Win_create_dynamic(info, comm, win));
   shim_mark_unsupported(SYMBIO_UNSUP_RMA, "one-sided communication (MPI_Win_*)");
   return PMPI_Win_create_dynamic(info, comm, win);
 }
 
 int MPI_File_open(MPI_Comm comm, const char * filename, int amode, MPI_Info info, MPI_File * fh) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_File_open(comm, filename, amode, info, fh));
   shim_mark_unsupported(SYMBIO_UNSUP_IO, "MPI-IO (MPI_File_*)");
   return PMPI_File_open(comm, filename, amode, info, fh);
 }
 
 int MPI_Comm_spawn(const char * command, char * argv[], int maxprocs, MPI_Info info, int root, MPI_Comm comm, MPI_Comm * intercomm, int array_of_errcodes[]) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Comm_spawn(command, argv, maxprocs, info, root, comm, intercomm, array_of_errcodes));
   shim_mark_unsupported(SYMBIO_UNSUP_DYNAMIC, "dynamic processes (MPI_Comm_spawn/connect/accept/join)");
   return PMPI_Comm_spawn(command, argv, maxprocs, info, root, comm, intercomm, array_of_errcodes);
 }
 
 int MPI_Comm_spawn_multiple(int count, char * array_of_commands[], char ** array_of_argv[], const int array_of_maxprocs[], const MPI_Info array_of_info[], int root, MPI_Comm comm, MPI_Comm * intercomm, int array_of_errcodes[]) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Comm_spawn_multiple(count, array_of_commands, array_of_argv, array_of_maxprocs, array_of_info, root, comm, intercomm, array_of_errcodes));
   shim_mark_unsupported(SYMBIO_UNSUP_DYNAMIC, "dynamic processes (MPI_Comm_spawn/connect/accept/join)");
   return PMPI_Comm_spawn_multiple(count, array_of_commands, array_of_argv, array_of_maxprocs, array_of_info, root, comm, intercomm, array_of_errcodes);
 }
 
 int MPI_Comm_connect(const char * port_name, MPI_Info info, int root, MPI_Comm comm, MPI_Comm * newcomm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Comm_connect(port_name, info, root, comm, newcomm));
   shim_mark_unsupported(SYMBIO_UNSUP_DYNAMIC, "dynamic processes (MPI_Comm_spawn/connect/accept/join)");
   return PMPI_Comm_connect(port_name, info, root, comm, newcomm);
 }
 
 int MPI_Comm_accept(const char * port_name, MPI_Info info, int root, MPI_Comm comm, MPI_Comm * newcomm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Comm_accept(port_name, info, root, comm, newcomm));
   shim_mark_unsupported(SYMBIO_UNSUP_DYNAMIC, "dynamic processes (MPI_Comm_spawn/connect/accept/join)");
   return PMPI_Comm_accept(port_name, info, root, comm, newcomm);
 }
 
 int MPI_Comm_join(int fd, MPI_Comm * intercomm) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Comm_join(fd, intercomm));
   shim_mark_unsupported(SYMBIO_UNSUP_DYNAMIC, "dynamic processes (MPI_Comm_spawn/connect/accept/join)");
   return PMPI_Comm_join(fd, intercomm);
 }

@@ -15,7 +15,7 @@ int MPI_Init_thread(int *argc, char ***argv, int required, int *provided) {
 
 int MPI_Finalize(void) {
   /* a call boundary like any other: a rank may be held here */
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Finalize());
   shim_detach_at_finalize();
   return PMPI_Finalize();
 }

@@ -40,11 +40,11 @@ static shim_req *track_recv(MPI_Request req, int kind, MPI_Comm comm) {
   return e;
 }
 
-int shim_wait_test_loop(int n, MPI_Request *r, MPI_Status *sts) {
+int shim_wait_test_loop(int n, MPI_Request *r, MPI_Status *sts, int all) {
   int flag = 0, rc;
   for (;;) {
     if (shim_blocked_tick()) continue;
-    rc = n == 1 ? PMPI_Test(r, &flag, sts) : PMPI_Testall(n, r, &flag, sts);
+    rc = all ? PMPI_Testall(n, r, &flag, sts) : PMPI_Test(r, &flag, sts);
     if (flag || rc != MPI_SUCCESS) return rc;
   }
 }
@@ -54,10 +54,12 @@ int shim_wait_test_loop(int n, MPI_Request *r, MPI_Status *sts) {
 #define BLOCKING_SEND(NAME)                                                                \
   int MPI_##NAME(const void *buf, int count, MPI_Datatype dt, int dest, int tag,          \
                  MPI_Comm comm) {                                                          \
-    SHIM_SAFE_POINT();                                                                     \
+    SHIM_ENTER(PMPI_##NAME(buf, count, dt, dest, tag, comm));                              \
     int peer = world_dest(comm, dest);                                                     \
     shim_count_sent(peer);                                                                 \
-    return PMPI_##NAME(buf, count, dt, dest, tag, comm);                                   \
+    int rc = PMPI_##NAME(buf, count, dt, dest, tag, comm);                                 \
+    if (rc != MPI_SUCCESS) shim_uncount_sent(peer); /* nothing left */                     \
+    return rc;                                                                             \
   }
 BLOCKING_SEND(Send)
 BLOCKING_SEND(Bsend)
@@ -67,11 +69,12 @@ BLOCKING_SEND(Rsend)
 #define NB_SEND(NAME)                                                                      \
   int MPI_##NAME(const void *buf, int count, MPI_Datatype dt, int dest, int tag,          \
                  MPI_Comm comm, MPI_Request *req) {                                        \
-    SHIM_SAFE_POINT();                                                                     \
+    SHIM_ENTER(PMPI_##NAME(buf, count, dt, dest, tag, comm, req));                         \
     int peer = world_dest(comm, dest);                                                     \
     shim_count_sent(peer);                                                                 \
     int rc = PMPI_##NAME(buf, count, dt, dest, tag, comm, req);                            \
-    if (rc == MPI_SUCCESS && peer >= 0) track_send(*req, RK_SEND, peer);                   \
+    if (rc != MPI_SUCCESS) shim_uncount_sent(peer);                                        \
+    else if (peer >= 0) track_send(*req, RK_SEND, peer);                                   \
     return rc;                                                                             \
   }
 NB_SEND(Isend)
@@ -82,7 +85,7 @@ NB_SEND(Irsend)
 #define PERSISTENT_SEND(NAME)                                                              \
   int MPI_##NAME(const void *buf, int count, MPI_Datatype dt, int dest, int tag,          \
                  MPI_Comm comm, MPI_Request *req) {                                        \
-    SHIM_SAFE_POINT();                                                                     \
+    SHIM_ENTER(PMPI_##NAME(buf, count, dt, dest, tag, comm, req));                         \
     int rc = PMPI_##NAME(buf, count, dt, dest, tag, comm, req);                            \
     if (rc == MPI_SUCCESS) track_send(*req, RK_PSEND, world_dest(comm, dest));             \
     return rc;                                                                             \
@@ -96,7 +99,7 @@ PERSISTENT_SEND(Rsend_init)
 
 int MPI_Recv(void *buf, int count, MPI_Datatype dt, int source, int tag, MPI_Comm comm,
              MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Recv(buf, count, dt, source, tag, comm, status));
   if (SHIM_UNLIKELY(shim_drained_count)) {
     shim_msg *m = shim_drain_match(comm, source, tag, 1);
     if (m) return shim_msg_deliver(m, buf, count, dt, comm, status);
@@ -106,7 +109,7 @@ int MPI_Recv(void *buf, int count, MPI_Datatype dt, int source, int tag, MPI_Com
   MPI_Status local, *st = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Irecv(buf, count, dt, source, tag, comm, &r);
   if (rc != MPI_SUCCESS) return rc;
-  rc = shim_wait_test_loop(1, &r, st);
+  rc = shim_wait_test_loop(1, &r, st, 0);
   count_recv_status(comm, st);
   SHIM_BOUNDARY();
   return rc;
@@ -114,7 +117,7 @@ int MPI_Recv(void *buf, int count, MPI_Datatype dt, int source, int tag, MPI_Com
 
 int MPI_Irecv(void *buf, int count, MPI_Datatype dt, int source, int tag, MPI_Comm comm,
               MPI_Request *req) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Irecv(buf, count, dt, source, tag, comm, req));
   if (SHIM_UNLIKELY(shim_drained_count)) {
     shim_msg *m = shim_drain_match(comm, source, tag, 1);
     if (m) return shim_msg_irecv(m, buf, count, dt, comm, req);
@@ -126,7 +129,7 @@ int MPI_Irecv(void *buf, int count, MPI_Datatype dt, int source, int tag, MPI_Co
 
 int MPI_Recv_init(void *buf, int count, MPI_Datatype dt, int source, int tag, MPI_Comm comm,
                   MPI_Request *req) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Recv_init(buf, count, dt, source, tag, comm, req));
   int rc = PMPI_Recv_init(buf, count, dt, source, tag, comm, req);
   if (rc != MPI_SUCCESS) return rc;
   shim_req *e = track_recv(*req, RK_PRECV, comm);
@@ -144,6 +147,7 @@ int MPI_Recv_init(void *buf, int count, MPI_Datatype dt, int source, int tag, MP
 static int start_one(MPI_Request *req) {
   shim_req *e = shim_req_find(*req);
   if (e && e->kind == RK_PSEND) {
+    if (e->active) return PMPI_Start(req); /* starting an active request: MPI's error */
     shim_count_sent(e->peer_world);
     e->active = 1;
     e->done = 0;
@@ -157,7 +161,7 @@ static int start_one(MPI_Request *req) {
       if (m) {
         /* complete it ourselves; MPI keeps an inactive request meanwhile */
         MPI_Comm comm = e->comm->comm;
-        shim_msg_deliver(m, e->buf, e->count, e->dt, comm, &e->st);
+        shim_msg_unpack(m, e->buf, e->count, e->dt, comm, &e->st); /* error reported at completion */
         e->shim_done = 1;
         e->done = 1;
         e->counted = 1;
@@ -171,12 +175,12 @@ static int start_one(MPI_Request *req) {
 }
 
 int MPI_Start(MPI_Request *req) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Start(req));
   return start_one(req);
 }
 
 int MPI_Startall(int count, MPI_Request reqs[]) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Startall(count, reqs));
   for (int i = 0; i < count; i++) {
     int rc = start_one(&reqs[i]);
     if (rc != MPI_SUCCESS) return rc;
@@ -184,12 +188,35 @@ int MPI_Startall(int count, MPI_Request reqs[]) {
   return MPI_SUCCESS;
 }
 
+/* The two halves of a Sendrecv, each settled as soon as it completes: the
+ * send is pending (so the agent does not freeze with it open), the receive
+ * is counted the moment it lands (a held rank publishes it). Returns the
+ * first error. */
+static int wait_send_recv(MPI_Comm comm, MPI_Request r[2], MPI_Status sts[2], int tracked_send) {
+  int rdone = 0, sdone = 0, rc = MPI_SUCCESS;
+  if (tracked_send) SHIM_SLOT_ADD(pending_sends, 1);
+  while (!(rdone && sdone)) {
+    if (shim_blocked_tick()) continue;
+    if (!rdone) {
+      int e = PMPI_Test(&r[0], &rdone, &sts[0]);
+      if (e != MPI_SUCCESS) rc = rc ? rc : e, rdone = 1;
+      else if (rdone) count_recv_status(comm, &sts[0]);
+    }
+    if (!sdone) {
+      int e = PMPI_Test(&r[1], &sdone, &sts[1]);
+      if (e != MPI_SUCCESS) rc = rc ? rc : e, sdone = 1;
+      if (sdone && tracked_send) SHIM_SLOT_ADD(pending_sends, -1);
+    }
+  }
+  return rc;
+}
+
 /* ---- send + receive ------------------------------------------------------ */
 
 int MPI_Sendrecv(const void *sendbuf, int sendcount, MPI_Datatype sendtype, int dest, int sendtag,
                  void *recvbuf, int recvcount, MPI_Datatype recvtype, int source, int recvtag,
                  MPI_Comm comm, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Sendrecv(sendbuf, sendcount, sendtype, dest, sendtag, recvbuf, recvcount, recvtype, source, recvtag, comm, status));
   int peer = world_dest(comm, dest);
   MPI_Status local, *st = status == MPI_STATUS_IGNORE ? &local : status;
   shim_msg *m = shim_drained_count ? shim_drain_match(comm, source, recvtag, 1) : NULL;
@@ -205,10 +232,9 @@ int MPI_Sendrecv(const void *sendbuf, int sendcount, MPI_Datatype sendtype, int 
   if (rc != MPI_SUCCESS) return rc;
   shim_count_sent(peer);
   rc = PMPI_Isend(sendbuf, sendcount, sendtype, dest, sendtag, comm, &r[1]);
-  if (rc != MPI_SUCCESS) return rc;
-  rc = shim_wait_test_loop(2, r, sts);
+  if (rc != MPI_SUCCESS) return shim_uncount_sent(peer), rc;
+  rc = wait_send_recv(comm, r, sts, peer >= 0);
   *st = sts[0];
-  count_recv_status(comm, st);
   SHIM_BOUNDARY();
   return rc;
 }
@@ -220,7 +246,7 @@ static size_t replace_cap;
 
 int MPI_Sendrecv_replace(void *buf, int count, MPI_Datatype dt, int dest, int sendtag,
                          int source, int recvtag, MPI_Comm comm, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Sendrecv_replace(buf, count, dt, dest, sendtag, source, recvtag, comm, status));
   int peer = world_dest(comm, dest);
   shim_msg *m = shim_drained_count ? shim_drain_match(comm, source, recvtag, 1) : NULL;
   if (m) {
@@ -243,14 +269,13 @@ int MPI_Sendrecv_replace(void *buf, int count, MPI_Datatype dt, int dest, int se
   if (rc != MPI_SUCCESS) return rc;
   shim_count_sent(peer);
   rc = PMPI_Isend(buf, count, dt, dest, sendtag, comm, &r[1]);
-  if (rc != MPI_SUCCESS) return rc;
-  rc = shim_wait_test_loop(2, r, sts);
+  if (rc != MPI_SUCCESS) return shim_uncount_sent(peer), rc;
+  rc = wait_send_recv(comm, r, sts, peer >= 0);
   int got = 0, pos = 0, one = 0;
   PMPI_Get_count(&sts[0], MPI_BYTE, &got);
   PMPI_Pack_size(1, dt, comm, &one);
   int n = one > 0 ? got / one : 0;
   if (n > 0 && sts[0].MPI_SOURCE >= 0) PMPI_Unpack(replace_buf, got, &pos, buf, n, dt, comm);
-  count_recv_status(comm, &sts[0]);
   if (status != MPI_STATUS_IGNORE) {
     status->MPI_SOURCE = sts[0].MPI_SOURCE;
     status->MPI_TAG = sts[0].MPI_TAG;
@@ -265,7 +290,7 @@ int MPI_Sendrecv_replace(void *buf, int count, MPI_Datatype dt, int dest, int se
 /* ---- probes ----------------------------------------------------------------- */
 
 int MPI_Iprobe(int source, int tag, MPI_Comm comm, int *flag, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Iprobe(source, tag, comm, flag, status));
   if (SHIM_UNLIKELY(shim_drained_count)) {
     shim_msg *m = shim_drain_match(comm, source, tag, 0);
     if (m) {
@@ -278,7 +303,7 @@ int MPI_Iprobe(int source, int tag, MPI_Comm comm, int *flag, MPI_Status *status
 }
 
 int MPI_Probe(int source, int tag, MPI_Comm comm, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Probe(source, tag, comm, status));
   if (source == MPI_PROC_NULL) return PMPI_Probe(source, tag, comm, status);
   for (;;) {
     if (shim_drained_count) {
@@ -288,7 +313,10 @@ int MPI_Probe(int source, int tag, MPI_Comm comm, MPI_Status *status) {
         break;
       }
     }
-    if (shim_blocked_tick()) continue;
+    /* a hold step may have drained newer messages: look at the buffer again
+       before asking MPI, or we would overtake them */
+    uint64_t drained = shim_g.slot->drained_total;
+    if (shim_blocked_tick() || shim_g.slot->drained_total != drained) continue;
     int flag = 0, rc = PMPI_Iprobe(source, tag, comm, &flag, status);
     if (rc != MPI_SUCCESS) return rc;
     if (flag) break;
@@ -305,7 +333,7 @@ static void count_matched(MPI_Comm comm, MPI_Message msg, const MPI_Status *st) 
 
 int MPI_Improbe(int source, int tag, MPI_Comm comm, int *flag, MPI_Message *message,
                 MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Improbe(source, tag, comm, flag, message, status));
   if (SHIM_UNLIKELY(shim_drained_count)) {
     shim_msg *m = shim_drain_match(comm, source, tag, 1);
     if (m) {
@@ -322,7 +350,7 @@ int MPI_Improbe(int source, int tag, MPI_Comm comm, int *flag, MPI_Message *mess
 }
 
 int MPI_Mprobe(int source, int tag, MPI_Comm comm, MPI_Message *message, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Mprobe(source, tag, comm, message, status));
   if (source == MPI_PROC_NULL) return PMPI_Mprobe(source, tag, comm, message, status);
   MPI_Status local, *st = status == MPI_STATUS_IGNORE ? &local : status;
   for (;;) {
@@ -334,7 +362,8 @@ int MPI_Mprobe(int source, int tag, MPI_Comm comm, MPI_Message *message, MPI_Sta
         break;
       }
     }
-    if (shim_blocked_tick()) continue;
+    uint64_t drained = shim_g.slot->drained_total; /* see MPI_Probe */
+    if (shim_blocked_tick() || shim_g.slot->drained_total != drained) continue;
     int flag = 0, rc = PMPI_Improbe(source, tag, comm, &flag, message, st);
     if (rc != MPI_SUCCESS) return rc;
     if (flag) {
@@ -347,7 +376,7 @@ int MPI_Mprobe(int source, int tag, MPI_Comm comm, MPI_Message *message, MPI_Sta
 }
 
 int MPI_Mrecv(void *buf, int count, MPI_Datatype dt, MPI_Message *message, MPI_Status *status) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Mrecv(buf, count, dt, message, status));
   if (SHIM_UNLIKELY(shim_claimed_count) && shim_msg_is_fake(*message)) {
     shim_msg *m = shim_msg_unclaim(*message);
     MPI_Comm comm = m->comm;
@@ -360,7 +389,7 @@ int MPI_Mrecv(void *buf, int count, MPI_Datatype dt, MPI_Message *message, MPI_S
 }
 
 int MPI_Imrecv(void *buf, int count, MPI_Datatype dt, MPI_Message *message, MPI_Request *req) {
-  SHIM_SAFE_POINT();
+  SHIM_ENTER(PMPI_Imrecv(buf, count, dt, message, req));
   if (SHIM_UNLIKELY(shim_claimed_count) && shim_msg_is_fake(*message)) {
     shim_msg *m = shim_msg_unclaim(*message);
     MPI_Comm comm = m->comm;

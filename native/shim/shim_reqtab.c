@@ -129,7 +129,9 @@ static void pending_dec(shim_req *e) {
 
 /* A completion the shim observed (poll while held, or the app's own call). */
 void shim_req_observe(shim_req *e, const MPI_Status *st) {
-  if (e->done) return;
+  /* an inactive persistent request "completes" at once with an empty status:
+     nothing was pending, nothing arrived */
+  if (e->done || !e->active) return;
   e->done = 1;
   pending_dec(e);
   if ((e->kind == RK_RECV || e->kind == RK_PRECV) && !e->counted) {
@@ -147,6 +149,7 @@ void shim_req_observe(shim_req *e, const MPI_Status *st) {
 }
 
 void shim_req_completed(shim_req *e, const MPI_Status *st) {
+  if (!e->active) return; /* inactive persistent: stays as it is */
   shim_req_observe(e, st);
   if (e->kind == RK_PSEND || e->kind == RK_PRECV) {
     /* persistent: stays allocated, becomes inactive */

@@ -25,6 +25,7 @@ const cases: Array<[string, string[], number]> = [
   ['persistent', [], 100],
   ['mprobe', [], 100],
   ['completion', [], 100],
+  ['probe_order', [], 100], // probes vs drained messages; inactive persistent requests
 ];
 
 for (const [name, args, minCycles] of cases) {

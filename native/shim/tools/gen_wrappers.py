@@ -59,17 +59,17 @@ for n in BLOCKING:
     ps = params(n)
     c = comm_arg(ps)
     args = ", ".join(v for _, v, _ in ps)
-    print("%s {\n  SHIM_SAFE_POINT();\n  shim_coll_enter(%s);\n  int rc = PMPI_%s(%s);\n  shim_coll_leave();\n  return rc;\n}\n" % (sig(n, ps), c, n, args))
+    print("%s {\n  SHIM_ENTER(PMPI_%s(%s));\n  shim_coll_enter(%s);\n  int rc = PMPI_%s(%s);\n  shim_coll_leave();\n  return rc;\n}\n" % (sig(n, ps), n, args, c, n, args))
 print("/* Nonblocking collectives: count on start, track the request. */")
 for n in NONBLOCKING:
     ps = params(n)
     c = comm_arg(ps)
     args = ", ".join(v for _, v, _ in ps)
     req = ps[-1][1]
-    print("%s {\n  SHIM_SAFE_POINT();\n  shim_comm *c = shim_comm_get(%s);\n  if (c) shim_pub_seq_inc(c->pub);\n  int rc = PMPI_%s(%s);\n  if (rc == MPI_SUCCESS && shim_req_add(*%s, RK_COLL)) SHIM_SLOT_ADD(pending_colls, 1);\n  SHIM_BOUNDARY();\n  return rc;\n}\n" % (sig(n, ps), c, n, args, req))
+    print("%s {\n  SHIM_ENTER(PMPI_%s(%s));\n  shim_comm *c = shim_comm_get(%s);\n  if (c) shim_pub_seq_inc(c->pub);\n  int rc = PMPI_%s(%s);\n  if (rc == MPI_SUCCESS && shim_req_add(*%s, RK_COLL)) SHIM_SLOT_ADD(pending_colls, 1);\n  SHIM_BOUNDARY();\n  return rc;\n}\n" % (sig(n, ps), n, args, c, n, args, req))
 print("/* Features the quiesce protocol does not cover: say so once, run on. */")
 for reason, (what, names) in UNSUPPORTED.items():
     for n in names:
         ps = params(n)
         args = ", ".join(v for _, v, _ in ps)
-        print('%s {\n  SHIM_SAFE_POINT();\n  shim_mark_unsupported(%s, "%s");\n  return PMPI_%s(%s);\n}\n' % (sig(n, ps), reason, what, n, args))
+        print('%s {\n  SHIM_ENTER(PMPI_%s(%s));\n  shim_mark_unsupported(%s, "%s");\n  return PMPI_%s(%s);\n}\n' % (sig(n, ps), n, args, reason, what, n, args))
