@@ -9,33 +9,24 @@
  *    (RESUME -> every rank running) at np = 2, 4, 8, from chaos cycles on a
  *    ring job.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../src/util/package-root.js';
 import type { ChaosReport } from '../src/launcher/chaos.js';
+import { runProcess } from '../src/util/run-process.js';
+import { distribution } from '../src/util/stats.js';
 
 const root = packageRoot();
 const mpiCommon = ['--allow-run-as-root', '--oversubscribe'];
 
-function run(cmd: string, args: readonly string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    c.on('error', reject);
-    c.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err.slice(-500)}`))));
-  });
+async function run(cmd: string, args: readonly string[]): Promise<string> {
+  const r = await runProcess(cmd, args);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}: ${r.stderr.slice(-500)}`);
+  return r.stdout;
 }
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
+const median = (xs: number[]): number => distribution(xs).p50;
 
 interface PingPong {
   latency_us: number;

@@ -4,7 +4,7 @@
  * through it. Line-delimited JSON; every malformed input gets an error reply.
  */
 import { chmodSync, rmSync, writeFileSync, renameSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { ControlRequest, MAX_LINE_BYTES, type ControlReply } from './control-protocol.js';
 import { descriptionPath, socketPath, type JobDescription } from './runtime-dir.js';
 import type { NodeAgent } from './node-agent.js';
@@ -18,7 +18,7 @@ export class ControlServer {
 
   constructor(
     private readonly agent: NodeAgent,
-    private readonly dir: string,
+    dir: string,
     private readonly job: Omit<JobDescription, 'socket'>,
     private readonly log: Logger,
   ) {
@@ -128,7 +128,6 @@ export class ControlServer {
 
 /** Client side: send one request, get one reply. */
 export async function controlRequest(socket: string, request: object, timeoutMs: number): Promise<ControlReply> {
-  const { connect } = await import('node:net');
   return new Promise((resolve, reject) => {
     const s = connect(socket);
     let buf = '';

@@ -3,29 +3,15 @@
  * freezes and resumes it again and again; then the same job under plain
  * mpirun, to show the output is identical and what the cycles cost.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../util/package-root.js';
 import type { ChaosReport } from '../launcher/chaos.js';
+import { runProcess } from '../util/run-process.js';
 
-interface Run {
-  readonly stdout: string;
-  readonly code: number;
-  readonly seconds: number;
-}
-
-function runCapture(cmd: string, args: readonly string[]): Promise<Run> {
-  const t0 = performance.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.on('error', reject);
-    child.on('exit', (code) => resolve({ stdout: out, code: code ?? 1, seconds: (performance.now() - t0) / 1000 }));
-  });
-}
+// the jobs' progress and symbio's logs stay visible; stdout is compared
+const runCapture = (cmd: string, args: readonly string[]) => runProcess(cmd, args, { stderr: 'inherit' });
 
 function say(line: string): void {
   process.stdout.write(line + '\n');

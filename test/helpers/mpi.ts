@@ -1,7 +1,10 @@
 /** Running real MPI jobs from tests: plain mpirun and symbio-mpirun. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { controlRequest } from '../../src/agent/control-server.js';
+import { descriptionPath, runtimeDir, type JobDescription } from '../../src/agent/runtime-dir.js';
 import { packageRoot } from '../../src/util/package-root.js';
+import { runProcess, startProcess, type Finished } from '../../src/util/run-process.js';
 
 export const root = packageRoot();
 export const mpiCommon = ['--allow-run-as-root', '--oversubscribe'];
@@ -9,31 +12,26 @@ export const prog = (name: string): string => join(root, 'build', 'mpi', name);
 export const symbioMpirun = join(root, 'bin', 'symbio-mpirun.js');
 export const symbioCli = join(root, 'bin', 'symbio.js');
 
-export interface Finished {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-  readonly stdout: string;
-  readonly stderr: string;
-  readonly seconds: number;
-}
+export type { Finished } from '../../src/util/run-process.js';
 
-/** Spawn and collect; resolves when stdout/stderr close (every writer gone). */
-export function start(cmd: string, args: readonly string[], env: NodeJS.ProcessEnv = {}): { child: ChildProcess; done: Promise<Finished> } {
-  const t0 = performance.now();
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('exit', (c, s) => resolve([c, s])));
-  const closed = (s: NodeJS.ReadableStream): Promise<void> => new Promise((resolve) => s.on('close', () => resolve()));
-  const done = Promise.all([exited, closed(child.stdout!), closed(child.stderr!)]).then(([[code, signal]]) => ({
-    code, signal, stdout, stderr, seconds: (performance.now() - t0) / 1000,
-  }));
-  return { child, done };
-}
-
-export const run = (cmd: string, args: readonly string[], env?: NodeJS.ProcessEnv): Promise<Finished> => start(cmd, args, env).done;
+export const start = (cmd: string, args: readonly string[], env: NodeJS.ProcessEnv = {}) => startProcess(cmd, args, { env });
+export const run = (cmd: string, args: readonly string[], env?: NodeJS.ProcessEnv) => runProcess(cmd, args, env ? { env } : {});
 
 export const plainMpirun = (np: number, program: string, args: readonly string[] = []): Promise<Finished> =>
   run('mpirun', [...mpiCommon, '-np', String(np), prog(program), ...args]);
+
+/** Wait until the launcher with this job id has published its socket and at least `running` ranks run. */
+export async function waitForJob(jobId: string, running: number, timeoutMs = 60_000): Promise<JobDescription> {
+  const t0 = Date.now();
+  for (;;) {
+    const p = descriptionPath(runtimeDir(), jobId);
+    if (existsSync(p)) {
+      const desc = JSON.parse(readFileSync(p, 'utf8')) as JobDescription;
+      const reply = await controlRequest(desc.socket, { op: 'status' }, 5_000).catch(() => null);
+      const ranks = reply && reply.ok ? (reply.result as { ranks: { state: string }[] }).ranks : [];
+      if (ranks.filter((r) => r.state === 'running').length >= running) return desc;
+    }
+    if (Date.now() - t0 > timeoutMs) throw new Error(`job ${jobId} did not come up within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -7,20 +7,11 @@ import t from 'tap';
 import { connect } from 'node:net';
 import { statSync } from 'node:fs';
 import { controlRequest } from '../../src/agent/control-server.js';
-import { descriptionPath, runtimeDir, type JobDescription } from '../../src/agent/runtime-dir.js';
-import { mpiCommon, plainMpirun, prog, run, start, symbioCli, symbioMpirun } from '../helpers/mpi.js';
-import { readFileSync, existsSync } from 'node:fs';
+import { runtimeDir, type JobDescription } from '../../src/agent/runtime-dir.js';
+import { mpiCommon, plainMpirun, prog, run, start, symbioCli, symbioMpirun, waitForJob } from '../helpers/mpi.js';
+import { existsSync } from 'node:fs';
 
 const jobId = `cli-${process.pid}`;
-
-async function waitForDescription(): Promise<JobDescription> {
-  const p = descriptionPath(runtimeDir(), jobId);
-  for (let i = 0; i < 600; i++) {
-    if (existsSync(p)) return JSON.parse(readFileSync(p, 'utf8')) as JobDescription;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error('job did not start');
-}
 
 /** Send raw bytes, collect whatever comes back until the server closes or 2 s pass. */
 function rawExchange(socket: string, payload: string | Buffer): Promise<string> {
@@ -51,7 +42,7 @@ function rawExchange(socket: string, payload: string | Buffer): Promise<string> 
 t.test('operator commands on a running job', async (t) => {
   const plain = await plainMpirun(4, 'halo2d');
   const { done } = start(process.execPath, [symbioMpirun, '--job-id', jobId, ...mpiCommon, '-np', '4', prog('halo2d')]);
-  const desc = await waitForDescription();
+  const desc = await waitForJob(jobId, 0); // ranks are checked below, through the CLI
   t.equal(statSync(desc.socket).mode & 0o777, 0o600, 'control socket is 0600');
   t.equal(statSync(runtimeDir()).mode & 0o077, 0, 'runtime directory is private');
 
