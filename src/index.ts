@@ -1,11 +1,23 @@
 /**
  * symbio's public API for plugin authors: `import { definePlugin } from 'symbio'`.
- * (The plugin host that loads plugins from the configuration is being built:
- * see docs/README.md.)
+ * Built-in plugins (plugins/) import only from this module.
  */
 export { definePlugin, PLUGIN_API_VERSION } from './host/plugin-api.js';
 export type {
+  ClusterView,
+  Decision,
+  FailureEvent,
   FailurePolicy,
+  HealthEvent,
+  HealthMonitorHooks,
+  HostState,
+  JobView,
+  MigrationMode,
+  OperationKind,
+  OperationRecord,
+  PluginActions,
+  PolicyHooks,
+  Severity,
   HookEntry,
   PluginContext,
   PluginDefinition,

@@ -130,7 +130,7 @@ interface RawSnapshot {
 interface RawControlSegment {
   readonly name: string;
   readonly closed: boolean;
-  hold(): number;
+  hold(epoch?: number): number;
   freeze(): number;
   resume(): number;
   command(): CommandState;
@@ -146,6 +146,14 @@ interface RawAddon {
     inspect(name: string): SegmentInfo;
   };
   readonly abi: AbiLimits;
+  peerCredentials(fd: number): PeerCredentials;
+}
+
+/** Who is at the other end of a connected Unix socket (SO_PEERCRED). */
+export interface PeerCredentials {
+  readonly pid: number;
+  readonly uid: number;
+  readonly gid: number;
 }
 
 let loaded: RawAddon | undefined;
@@ -166,6 +174,11 @@ function addon(): RawAddon {
     });
   }
   return loaded;
+}
+
+/** SO_PEERCRED of a connected Unix socket's file descriptor. */
+export function peerCredentials(fd: number): PeerCredentials {
+  return addon().peerCredentials(fd);
 }
 
 /** The ABI limits compiled into the addon. */
@@ -266,9 +279,13 @@ export class ControlSegment {
     return this.#raw.closed;
   }
 
-  /** Starts a new epoch and tells every rank to hold; returns the epoch. */
-  hold(): number {
-    return this.#raw.hold();
+  /**
+   * Starts a new epoch and tells every rank to hold; returns the epoch. A
+   * controller quiescing several nodes passes one epoch for all (it must be
+   * after this segment's current epoch).
+   */
+  hold(epoch?: number): number {
+    return this.#raw.hold(epoch);
   }
 
   /** Tells held ranks to stop calling MPI (same epoch); throws unless held. */

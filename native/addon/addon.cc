@@ -6,6 +6,7 @@
 #include <napi.h>
 
 #include "control_segment.h"
+#include "peer_credentials.h"
 #include "symbio_segment.h"
 
 namespace symbio {
@@ -31,6 +32,8 @@ class SymbioAddon : public Napi::Addon<SymbioAddon> {
     DefineAddon(exports, {
                              InstanceValue("ControlSegment", control_segment, napi_enumerable),
                              InstanceValue("abi", abi, napi_enumerable),
+                             InstanceValue("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"),
+                                           napi_enumerable),
                          });
   }
 

@@ -195,7 +195,13 @@ Napi::Value ControlSegment::GetClosed(const Napi::CallbackInfo& info) { return N
 
 Napi::Value ControlSegment::Hold(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  return Guarded(env, [&]() -> Napi::Value { return Napi::Number::New(env, RequireOpen(env, "hold").Hold()); });
+  return Guarded(env, [&]() -> Napi::Value {
+    Segment& s = RequireOpen(env, "hold");
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      return Napi::Number::New(env, s.Hold(RequireUint32(env, info[0], "hold: epoch", 1, kEpochMask)));
+    }
+    return Napi::Number::New(env, s.Hold());
+  });
 }
 
 Napi::Value ControlSegment::Freeze(const Napi::CallbackInfo& info) {

@@ -274,9 +274,18 @@ uint32_t Segment::Publish(uint32_t command) {
   return epoch_;
 }
 
-uint32_t Segment::Hold() {
+uint32_t Segment::Hold() { return Hold((epoch_ + 1) & kEpochMask); }
+
+uint32_t Segment::Hold(uint32_t epoch) {
   RequireOpen("hold");
-  epoch_ = (epoch_ + 1) & kEpochMask;
+  // A controller that quiesces several nodes picks one epoch for all of them;
+  // it must be new on every node (ranks tell epochs apart by equality), and
+  // never going back keeps a late rank from mistaking an old order for it.
+  if (epoch > kEpochMask || epoch <= epoch_) {
+    throw SegmentError("hold: epoch " + std::to_string(epoch) + " is not after the current epoch " +
+                       std::to_string(epoch_) + " (or above " + std::to_string(kEpochMask) + ")");
+  }
+  epoch_ = epoch;
   return Publish(SYMBIO_CMD_HOLD);
 }
 

@@ -78,6 +78,8 @@ class Segment {
 
   // Commands; each returns the epoch it published. hold() starts a new epoch.
   uint32_t Hold();
+  /** Hold at an explicit epoch (must be after the current one). */
+  uint32_t Hold(uint32_t epoch);
   uint32_t Freeze();
   uint32_t Resume();
 

@@ -8,6 +8,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { ControlRequest, MAX_LINE_BYTES, type ControlReply } from './control-protocol.js';
 import { descriptionPath, socketPath, type JobDescription } from './runtime-dir.js';
 import type { NodeAgent } from './node-agent.js';
+import { sumCounts } from '../quiesce/snapshot.js';
 import type { Logger } from '../log.js';
 
 export class ControlServer {
@@ -108,8 +109,8 @@ export class ControlServer {
         worldRank: r.worldRank,
         pid: r.pid,
         state: r.state,
-        sent: r.sent.reduce((a, b) => a + b, 0),
-        received: r.recvd.reduce((a, b) => a + b, 0),
+        sent: sumCounts(r.sent),
+        received: sumCounts(r.recvd),
         drainedNow: r.drainedNow,
         unsupported: r.unsupported,
       })),

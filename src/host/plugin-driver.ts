@@ -12,6 +12,7 @@ import {
   type HookEntry,
   type HookFunction,
   type PluginDefinition,
+  type PluginActions,
   type PluginHooks,
 } from './plugin-api.js';
 
@@ -43,7 +44,15 @@ export interface PluginDriverOptions {
   readonly log: Logger;
   /** Default limit for one hook call, ms. */
   readonly hookTimeoutMs: number;
+  /** Handed to every plugin; without a controller, requests are refused. */
+  readonly actions?: PluginActions;
 }
+
+/** Actions of a host that has no controller behind it (tests, `plugins list`). */
+export const NO_ACTIONS: PluginActions = {
+  request: (d) => Promise.reject(new Error(`no controller to carry out '${d.action}' (plugin host runs without one)`)),
+  view: () => ({ now: Date.now(), hosts: [], jobs: [] }),
+};
 
 interface Loaded {
   readonly name: string;
@@ -95,7 +104,7 @@ export class PluginDriver {
       let hooks: PluginHooks;
       try {
         hooks = await this.withTimeout(plugin.name, 'setup', this.options.hookTimeoutMs, () =>
-          plugin.setup({ log, signal: controller.signal, options: parsed.data }),
+          plugin.setup({ log, signal: controller.signal, options: parsed.data, actions: this.options.actions ?? NO_ACTIONS }),
         );
       } catch (err) {
         await this.teardown(); // the ones already set up

@@ -14,7 +14,7 @@
  * times, so the verdict is only as good as the cut; the freeze step and
  * `verifyFrozen` (two snapshots, no PMPI call in between) are the final proof.
  */
-import type { CatchupTarget, NodeSnapshot, RankSnapshot } from './snapshot.js';
+import { countAt, countsSize, firstCountDifference, forEachNonZero, type CatchupTarget, type NodeSnapshot, type RankSnapshot } from './snapshot.js';
 
 export interface QuiesceCoordinatorOptions {
   /** Expected MPI_COMM_WORLD size; when absent, taken from the ranks (which must agree). */
@@ -257,7 +257,7 @@ export class QuiesceCoordinator {
         return { ok: false, reason: `${who(ra)} made ${ra.pmpiCalls - rb.pmpiCalls} MPI calls while frozen` };
       }
       for (const name of ['sent', 'recvd'] as const) {
-        const i = firstDifference(rb[name], ra[name]);
+        const i = firstCountDifference(rb[name], ra[name]);
         if (i !== undefined) return { ok: false, reason: `${who(ra)} counter ${name}[${i}] changed while frozen` };
       }
     }
@@ -294,9 +294,9 @@ export class QuiesceCoordinator {
    * non-zero entry is looked up once on the other side (sent[p][q] in
    * recvd[q][p], recvd[q][p] in sent[p][q]): the only random accesses, O(non-zero),
    * and pairs that are zero on both sides are balanced without a look.
-   * At 10,000 ranks the dense rows are 2 x 10^8 numbers per evaluation: the
-   * agents should then ship sparse (peer, count) lists or per-row sums, which
-   * makes this loop O(non-zero) without changing the logic.
+   * At 10,000 ranks dense rows would be 2 x 10^8 numbers per evaluation, so
+   * remote agents ship sparse (peer, count) lists (PeerCounts): the loop is
+   * then O(non-zero x log(peers per rank)).
    */
   #inspect(snapshots: readonly NodeSnapshot[], epoch: number, phase: Phase): Inspection {
     const ins: Inspection = {
@@ -366,8 +366,8 @@ export class QuiesceCoordinator {
       if (ins.structural !== undefined) break;
       if (!Number.isSafeInteger(r.worldRank) || r.worldRank < 0 || r.worldRank >= ins.worldSize) {
         ins.structural = `${who(r)} is outside a world of ${ins.worldSize}`;
-      } else if (r.sent.length !== ins.worldSize || r.recvd.length !== ins.worldSize) {
-        ins.structural = `${who(r)} has ${r.sent.length}/${r.recvd.length} sent/recvd counters for a world of ${ins.worldSize}`;
+      } else if (countsSize(r.sent) !== ins.worldSize || countsSize(r.recvd) !== ins.worldSize) {
+        ins.structural = `${who(r)} has ${countsSize(r.sent)}/${countsSize(r.recvd)} sent/recvd counters for a world of ${ins.worldSize}`;
       } else {
         const other = ins.byRank[r.worldRank];
         if (other !== undefined) {
@@ -426,29 +426,23 @@ export class QuiesceCoordinator {
     const matching = complete && ins.missing.length === 0;
     for (const r of ins.ranks) {
       const p = r.worldRank;
-      const sent = r.sent;
       let sumSent = 0;
-      for (let q = 0; q < sent.length; q++) {
-        const v = sent[q]!;
-        if (v === 0) continue;
+      forEachNonZero(r.sent, (q, v) => {
         sumSent += v;
         if (matching && ins.imbalance === undefined) {
-          const got = ins.byRank[q]!.recvd[p]!;
+          const got = countAt(ins.byRank[q]!.recvd, p);
           if (got !== v) ins.imbalance = { from: p, to: q, sent: v, recvd: got };
         }
-      }
-      const recvd = r.recvd;
+      });
       let sumRecvd = 0;
-      for (let q = 0; q < recvd.length; q++) {
-        const v = recvd[q]!;
-        if (v === 0) continue;
+      forEachNonZero(r.recvd, (q, v) => {
         sumRecvd += v;
         // Pairs with a non-zero sent were compared above; here only a receive
         // its sender never counted (a torn cut or a buggy rank).
-        if (matching && ins.imbalance === undefined && ins.byRank[q]!.sent[p] === 0) {
+        if (matching && ins.imbalance === undefined && countAt(ins.byRank[q]!.sent, p) === 0) {
           ins.imbalance = { from: q, to: p, sent: 0, recvd: v };
         }
-      }
+      });
       ins.messages += sumSent;
       ins.received += sumRecvd;
       // Not pmpiCalls: a held rank polls MPI forever, which is not progress.
@@ -509,10 +503,4 @@ function sameMap(a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string>)
   if (a.size !== b.size) return false;
   for (const [k, v] of a) if (b.get(k) !== v) return false;
   return true;
-}
-
-function firstDifference(a: readonly number[], b: readonly number[]): number | undefined {
-  const n = Math.max(a.length, b.length);
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
-  return undefined;
 }

@@ -41,9 +41,9 @@ export interface RankSnapshot {
   readonly resumedNs: number;
   readonly comms: readonly CommSeq[];
   /** sent[q]: messages this rank sent to world rank q. */
-  readonly sent: readonly number[];
+  readonly sent: PeerCounts;
   /** recvd[p]: messages this rank received (or drained) from world rank p. */
-  readonly recvd: readonly number[];
+  readonly recvd: PeerCounts;
 }
 
 export interface NodeSnapshot {
@@ -66,4 +66,90 @@ export interface NodeSnapshot {
 export interface CatchupTarget {
   readonly gid: string;
   readonly target: number;
+}
+
+/**
+ * Per-peer counters of one rank: dense (index = world rank, as the addon
+ * reads them) or sparse (only the non-zero peers, ascending: what agents send
+ * over the wire, since a rank talks to few peers while the world may be 10^4).
+ */
+export type PeerCounts = readonly number[] | SparseCounts;
+
+export interface SparseCounts {
+  readonly sparse: true;
+  /** World size the counters are for. */
+  readonly size: number;
+  /** Ascending world ranks with a non-zero count. */
+  readonly peers: readonly number[];
+  readonly counts: readonly number[];
+}
+
+function isSparse(c: PeerCounts): c is SparseCounts {
+  return !Array.isArray(c);
+}
+
+export function countsSize(c: PeerCounts): number {
+  return isSparse(c) ? c.size : c.length;
+}
+
+/** The count for peer q (0 when absent). Sparse: binary search. */
+export function countAt(c: PeerCounts, q: number): number {
+  if (!isSparse(c)) return c[q] ?? 0;
+  let lo = 0;
+  let hi = c.peers.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const p = c.peers[mid]!;
+    if (p === q) return c.counts[mid]!;
+    if (p < q) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return 0;
+}
+
+/** Calls fn for every non-zero entry, in ascending peer order. */
+export function forEachNonZero(c: PeerCounts, fn: (peer: number, count: number) => void): void {
+  if (isSparse(c)) {
+    for (let i = 0; i < c.peers.length; i++) if (c.counts[i] !== 0) fn(c.peers[i]!, c.counts[i]!);
+    return;
+  }
+  for (let q = 0; q < c.length; q++) {
+    const v = c[q]!;
+    if (v !== 0) fn(q, v);
+  }
+}
+
+export function sumCounts(c: PeerCounts): number {
+  let s = 0;
+  forEachNonZero(c, (_, v) => (s += v));
+  return s;
+}
+
+/** The sparse form of any counters (a copy). */
+export function toSparse(c: PeerCounts): SparseCounts {
+  const peers: number[] = [];
+  const counts: number[] = [];
+  forEachNonZero(c, (p, v) => {
+    peers.push(p);
+    counts.push(v);
+  });
+  return { sparse: true, size: countsSize(c), peers, counts };
+}
+
+/** First peer whose count differs between a and b, or undefined. */
+export function firstCountDifference(a: PeerCounts, b: PeerCounts): number | undefined {
+  const n = Math.max(countsSize(a), countsSize(b));
+  if (!isSparse(a) && !isSparse(b)) {
+    for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+    return undefined;
+  }
+  if (countsSize(a) !== countsSize(b)) return Math.min(countsSize(a), countsSize(b));
+  let first: number | undefined;
+  const check = (x: PeerCounts, y: PeerCounts): void =>
+    forEachNonZero(x, (p, v) => {
+      if ((first === undefined || p < first) && countAt(y, p) !== v) first = p;
+    });
+  check(a, b);
+  check(b, a);
+  return first;
 }

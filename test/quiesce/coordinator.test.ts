@@ -1,6 +1,6 @@
 import t from 'tap';
 import { QuiesceCoordinator, slotKey, type QuiesceDecision } from '../../src/quiesce/coordinator.js';
-import type { CommSeq, NodeSnapshot, RankSnapshot } from '../../src/quiesce/snapshot.js';
+import { countAt, countsSize, firstCountDifference, sumCounts, toSparse, type CommSeq, type NodeSnapshot, type RankSnapshot } from '../../src/quiesce/snapshot.js';
 
 const EPOCH = 7;
 const WORLD_GID = '1';
@@ -50,8 +50,8 @@ function world(n: number, o: (r: number) => Overrides = () => ({})): RankSnapsho
 function traffic(ranks: RankSnapshot[], from: number, to: number, count: number, delivered = count): RankSnapshot[] {
   return ranks.map((r) => {
     if (r.worldRank !== from && r.worldRank !== to) return r;
-    const sent = [...r.sent];
-    const recvd = [...r.recvd];
+    const sent = [...(r.sent as number[])];
+    const recvd = [...(r.recvd as number[])];
     if (r.worldRank === from) sent[to] = sent[to]! + count;
     if (r.worldRank === to) recvd[from] = recvd[from]! + delivered;
     return { ...r, sent, recvd };
@@ -465,6 +465,29 @@ t.test('large world: one pass over dense counters', async (t) => {
   const ms = performance.now() - t0;
   t.match(d, { kind: 'quiescent', worldSize: n, messages: 5 * n + n - 1 });
   t.comment(`evaluate over ${n} ranks (dense ${n}x${n}): ${ms.toFixed(1)} ms`);
-  const lost = ranks.map((r) => (r.worldRank === 0 ? { ...r, recvd: r.recvd.map((v, p) => (p === 500 ? v - 1 : v)) } : r));
+  const lost = ranks.map((r) => (r.worldRank === 0 ? { ...r, recvd: (r.recvd as number[]).map((v, p) => (p === 500 ? v - 1 : v)) } : r));
   t.equal(reasonOf(c.evaluate([node(lost)], 20)), '1 message in flight (500->0: 1)');
+
+  // The same world in the sparse wire form gives the same verdicts.
+  const sparse = ranks.map((r) => ({ ...r, sent: toSparse(r.sent), recvd: toSparse(r.recvd) }));
+  t.match(c.evaluate([node(sparse)], 30), { kind: 'quiescent', worldSize: n, messages: 5 * n + n - 1 });
+  const lostSparse = lost.map((r) => ({ ...r, sent: toSparse(r.sent), recvd: toSparse(r.recvd) }));
+  t.equal(reasonOf(c.evaluate([node(lostSparse)], 40)), '1 message in flight (500->0: 1)');
+});
+
+t.test('sparse counters: lookups, sums, differences, shape checks', async (t) => {
+  const dense = [0, 3, 0, 0, 7, 0];
+  const s = toSparse(dense);
+  t.same(s, { sparse: true, size: 6, peers: [1, 4], counts: [3, 7] });
+  t.same([0, 1, 2, 3, 4, 5].map((q) => countAt(s, q)), dense);
+  t.equal(sumCounts(s), 10);
+  t.equal(countsSize(s), 6);
+  t.equal(firstCountDifference(s, toSparse(dense)), undefined);
+  t.equal(firstCountDifference(s, toSparse([0, 3, 1, 0, 7, 0])), 2);
+  t.equal(firstCountDifference(s, toSparse([0, 3, 0, 0, 0, 0])), 4);
+  t.equal(firstCountDifference(dense, [0, 3, 0, 0, 7, 1]), 5);
+  // A rank whose sparse counters claim another world size is a structural refusal.
+  const ranks = world(2).map((r) => ({ ...r, sent: toSparse(r.sent), recvd: r.worldRank === 1 ? { ...toSparse(r.recvd), size: 3 } : toSparse(r.recvd) }));
+  const c = started();
+  t.match(c.evaluate([node(ranks)], 1), { kind: 'refused', reason: /has 2\/3 sent\/recvd counters for a world of 2/ });
 });
