@@ -1,18 +1,38 @@
 /**
  * Entry point of both executables: `symbio <command>` and `symbio-mpirun
- * <mpirun args>` (the same as `symbio run <mpirun args>`). Exit codes:
- * 0 success; 1 an operation failed; 2 bad input or a missing prerequisite;
+ * <mpirun args>` (the same as `symbio run <mpirun args>`). Commands only wire
+ * options to the functions in actions.ts and friends. Exit codes (see
+ * docs/operations.md): 0 success; 1 an operation failed; 2 bad input or a
+ * missing prerequisite; 3 refused (busy, already held, nothing to act on);
  * for run, the job's own exit code.
  */
-import { Command } from '@commander-js/extra-typings';
+import { Command, Option } from '@commander-js/extra-typings';
 import { launch, LaunchError } from '../launcher/launcher.js';
-import { CliError, requestJob } from './actions.js';
+import { ask, CliError, events, EXIT, formatEvent, formatPhases, operate, resolveTarget, table, type Target } from './actions.js';
+import { checkConfig, formatEffectiveConfig } from './config-actions.js';
+import { progressDisplay } from './progress.js';
 import { listJobs } from '../agent/runtime-dir.js';
+import { ConfigError, loadConfig, readTokenFile } from '../config/load.js';
+import { PluginLoadError } from '../host/plugin-driver.js';
+import { startPlugins } from '../host/start-plugins.js';
+import { startStandaloneController } from '../controller/standalone.js';
+import { defaultStateDir } from '../controller/journal.js';
 import { logger } from '../log.js';
 import { packageVersion } from '../util/version.js';
 
 function print(json: boolean | undefined, value: unknown, human: () => string): void {
   process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : human() + '\n');
+}
+
+function positiveMs(flag: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new CliError(`${flag} needs a positive integer (ms), got '${v}'`, EXIT.usage);
+  return n;
+}
+
+/** `--config` of the command line, else SYMBIO_CONFIG, else the search order (docs/operations.md). */
+function config(explicit: string | undefined) {
+  return loadConfig(explicit === undefined ? {} : { explicit });
 }
 
 async function run(argv: readonly string[]): Promise<number> {
@@ -21,15 +41,80 @@ async function run(argv: readonly string[]): Promise<number> {
     return 0;
   }
   try {
-    const result = await launch({ argv, log: logger.child({ component: 'launcher' }) });
+    const explicit = argv.indexOf('--symbio-config');
+    const { config: cfg, source } = config(explicit >= 0 ? argv[explicit + 1] : undefined);
+    if (process.env.SYMBIO_LOG_LEVEL === undefined) logger.level = cfg.log.level;
+    const log = logger.child({ component: 'launcher' });
+    const result = await launch({
+      argv,
+      log,
+      resumeTimeoutMs: cfg.quiesce.resumeTimeoutMs,
+      stallMs: cfg.quiesce.stallMs,
+      quiesceTimeoutMs: cfg.quiesce.timeoutMs,
+      stateDir: cfg.controller.stateDir ?? defaultStateDir(),
+      whenBusy: cfg.controller.whenBusy,
+      queueLimit: cfg.controller.queueLimit,
+      hosts: cfg.hosts,
+      ...(process.env.SYMBIO_CONTROLLER ? { controller: process.env.SYMBIO_CONTROLLER } : {}),
+      ...(cfg.controller.tokenFile ? { controllerToken: readTokenFile(cfg.controller.tokenFile) } : {}),
+      startPlugins: (controller) => startPlugins(cfg, source, controller, log),
+    });
     if (result.chaos && argv.includes('--symbio-json')) process.stdout.write(JSON.stringify(result.chaos) + '\n');
     if (result.chaos && result.chaos.verifyFailures > 0 && result.exitCode === 0) return 1;
     return result.exitCode;
   } catch (err) {
-    if (err instanceof LaunchError) {
+    if (err instanceof LaunchError || err instanceof ConfigError || err instanceof PluginLoadError) {
       process.stderr.write(`symbio-mpirun: ${err.message}\n`);
       return 2;
     }
+    throw err;
+  }
+}
+
+/** Options every job command shares. */
+function jobOptions(c: Command) {
+  return c
+    .option('--job <id>', 'job id (default: the only running job)')
+    .option('--controller <address>', 'a standalone controller: socket path or tcp://host:port')
+    .option('--config <file>', 'symbio.yaml (for the TCP token)')
+    .option('--json', 'print the result as JSON');
+}
+
+function targetOf(o: { job?: string; controller?: string; config?: string }): Target {
+  let token: string | undefined;
+  if (o.controller?.startsWith('tcp://')) {
+    const cfg = config(o.config).config;
+    if (!cfg.controller.tokenFile) throw new CliError('a TCP controller needs the shared token: set controller.tokenFile in symbio.yaml', EXIT.usage);
+    token = readTokenFile(cfg.controller.tokenFile);
+  }
+  return resolveTarget({ ...(o.job ? { job: o.job } : {}), ...(o.controller ? { controller: o.controller } : {}), ...(token ? { token } : {}) });
+}
+
+interface OpResult {
+  id: string;
+  kind: string;
+  ok: boolean;
+  durationMs: number;
+  phases: { name: string; ms: number }[];
+  result?: { epoch?: number; summary?: { held: number; messages: number; drainedNow: number }; frozenCheck?: { ok: boolean; reason?: string } | null };
+}
+
+/** Run an operation with a progress display on a terminal; print the record. */
+async function operation(kind: string, o: { job?: string; controller?: string; config?: string; json?: boolean; timeout?: string; reason?: string }, human: (r: OpResult) => string): Promise<void> {
+  const timeoutMs = o.timeout === undefined ? undefined : positiveMs('--timeout', o.timeout);
+  const target = targetOf(o);
+  const progress = o.json ? null : progressDisplay();
+  try {
+    const r = (await operate(target, kind, {
+      ...(timeoutMs === undefined ? {} : { timeoutMs }),
+      ...(o.reason ? { reason: o.reason } : {}),
+      ...(progress ? { onProgress: (p) => progress.phase(p.kind, p.phase) } : {}),
+    })) as unknown as OpResult;
+    progress?.done();
+    print(o.json, r, () => human(r));
+  } catch (err) {
+    progress?.done();
+    if (o.json && err instanceof CliError && err.result !== undefined) print(true, err.result, () => '');
     throw err;
   }
 }
@@ -45,51 +130,143 @@ function program(): Command {
     .argument('[mpirun-args...]')
     .allowUnknownOption()
     .helpOption(false);
-  p.command('quiesce')
-    .description('hold (and freeze) every rank of a running job')
-    .option('--job <id>', 'job id (default: the only running job)')
-    .option('--no-freeze', 'hold only: ranks keep draining, do not freeze')
-    .option('--timeout <ms>', 'give up after this long', '30000')
-    .option('--json', 'print the result as JSON')
+
+  p.command('controller')
+    .description('run a standalone controller for several jobs (agents attach with --symbio-controller)')
+    .option('--config <file>', 'symbio.yaml')
     .action(async (o) => {
-      const timeoutMs = Number(o.timeout);
-      if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new CliError(`--timeout needs a positive integer (ms), got '${o.timeout}'`, 2);
-      const r = (await requestJob(o.job, { op: 'quiesce', freeze: o.freeze, timeoutMs }, timeoutMs + 5_000)) as {
-        epoch: number; frozen: boolean; totalMs: number; summary: { held: number; messages: number; drainedNow: number };
-      };
-      print(o.json, r, () => `epoch ${r.epoch}: ${r.summary.held} ranks ${r.frozen ? 'frozen' : 'held'} in ${r.totalMs.toFixed(1)} ms (${r.summary.messages} messages balanced, ${r.summary.drainedNow} drained)`);
+      const { config: cfg, source } = config(o.config);
+      if (process.env.SYMBIO_LOG_LEVEL === undefined) logger.level = cfg.log.level;
+      const c = await startStandaloneController(cfg, source, logger.child({ component: 'controller' }));
+      logger.info({ socket: c.socket, tcp: c.server.tcpAddress, config: source ?? '(defaults)' }, 'controller listening');
+      await new Promise<void>((resolve) => {
+        const stop = (sig: NodeJS.Signals): void => {
+          logger.info({ signal: sig }, 'stopping: resuming held jobs');
+          process.off('SIGINT', stop);
+          process.off('SIGTERM', stop);
+          void c.close().then(resolve);
+        };
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
+      });
     });
-  p.command('resume')
-    .description('let a quiesced job run again')
-    .option('--job <id>', 'job id (default: the only running job)')
-    .option('--json', 'print the result as JSON')
-    .action(async (o) => {
-      const r = (await requestJob(o.job, { op: 'resume' }, 15_000)) as { epoch: number; resumeMs: number; frozenCheck: { ok: boolean; reason?: string } | null };
-      print(o.json, r, () => `epoch ${r.epoch}: resumed in ${r.resumeMs.toFixed(2)} ms${r.frozenCheck && !r.frozenCheck.ok ? ` (frozen check failed: ${r.frozenCheck.reason})` : ''}`);
-    });
-  p.command('status')
-    .description("show a running job's ranks")
-    .option('--job <id>', 'job id (default: the only running job)')
-    .option('--json', 'print the result as JSON')
-    .action(async (o) => {
-      const r = (await requestJob(o.job, { op: 'status' }, 5_000)) as {
-        jobId: string; command: string; epoch: number;
-        ranks: { worldRank: number; pid: number; state: string; sent: number; received: number; drainedNow: number }[];
-      };
-      print(o.json, r, () => [
-        `job ${r.jobId}: command ${r.command} (epoch ${r.epoch})`,
-        'rank  pid       state      sent      received  drained',
-        ...r.ranks.map((x) => `${String(x.worldRank).padEnd(5)} ${String(x.pid).padEnd(9)} ${x.state.padEnd(10)} ${String(x.sent).padEnd(9)} ${String(x.received).padEnd(9)} ${x.drainedNow}`),
-      ].join('\n'));
-    });
+
   p.command('jobs')
     .description('list running symbio jobs on this machine')
     .option('--json', 'print the result as JSON')
     .action((o) => {
       const jobs = listJobs();
-      print(o.json, jobs, () => (jobs.length ? jobs.map((j) => `${j.jobId}  pid ${j.pid}  since ${j.startedAt}  ${j.command.join(' ')}`).join('\n') : 'no running jobs'));
+      print(o.json, jobs, () =>
+        jobs.length ? table(['JOB', 'PID', 'SINCE', 'COMMAND'], jobs.map((j) => [j.jobId, j.pid, j.startedAt, j.command.join(' ')])) : 'no running jobs',
+      );
+    });
+
+  jobOptions(p.command('status').description("show a job: its state, operation, nodes and ranks")).action(async (o) => {
+    const r = (await ask(targetOf(o), { op: 'status' }, 10_000)) as {
+      job: { id: string; state: string; operation: { kind: string; phase: string } | null };
+      held: string | null;
+      queued: number;
+      nodes: { node: string; epoch?: number; command?: string; error?: string; ranks: { worldRank: number; pid: number; state: string; sent: unknown; recvd: unknown; drainedNow: number }[] }[];
+    };
+    print(o.json, r, () => {
+      const head = `job ${r.job.id}: ${r.job.state}${r.held ? ` (${r.held === 'freeze' ? 'frozen' : 'held'})` : ''}${r.job.operation ? `, ${r.job.operation.kind} ${r.job.operation.phase}` : ''}${r.queued ? `, ${r.queued} queued` : ''}`;
+      const rows = r.nodes.flatMap((n) => n.ranks.map((x) => [n.node || 'local', x.worldRank, x.pid, x.state, sum(x.sent), sum(x.recvd), x.drainedNow]));
+      return `${head}\n${table(['NODE', 'RANK', 'PID', 'STATE', 'SENT', 'RECEIVED', 'DRAINED'], rows)}`;
+    });
+  });
+
+  jobOptions(p.command('events').description("a job's journal: operations and their phases, health events, failures, decisions"))
+    .option('--since <time>', 'only events at or after this time (ISO date, or ms since the epoch)')
+    .option('--limit <n>', 'only the last n events')
+    .option('--state-dir <dir>', 'where journals are (for jobs that have ended)')
+    .action(async (o) => {
+      let since: number | undefined;
+      if (o.since !== undefined) {
+        since = /^\d+$/.test(o.since) ? Number(o.since) : Date.parse(o.since);
+        if (!Number.isFinite(since)) throw new CliError(`--since needs an ISO date or ms since the epoch, got '${o.since}'`, EXIT.usage);
+      }
+      const limit = o.limit === undefined ? undefined : positiveMs('--limit', o.limit);
+      const stateDir = o.stateDir ?? config(o.config).config.controller.stateDir;
+      const list = await events({
+        ...(o.job ? { job: o.job } : {}),
+        ...(o.controller ? { controller: o.controller } : {}),
+        ...(stateDir ? { stateDir } : {}),
+        ...(since === undefined ? {} : { since }),
+        ...(limit === undefined ? {} : { limit }),
+      });
+      print(o.json, list, () => (list.length ? list.map(formatEvent).join('\n') : 'no events'));
+    });
+
+  jobOptions(p.command('quiesce').description('hold (and freeze) every rank of a running job'))
+    .option('--no-freeze', 'hold only: ranks keep draining, do not freeze')
+    .option('--timeout <ms>', 'give up after this long', '30000')
+    .option('--reason <text>', 'recorded in the journal')
+    .action((o) =>
+      operation(o.freeze ? 'freeze' : 'quiesce', o, (r) =>
+        `epoch ${r.result?.epoch}: ${r.result?.summary?.held} ranks ${o.freeze ? 'frozen' : 'held'} in ${r.durationMs.toFixed(1)} ms (${r.result?.summary?.messages} messages balanced, ${r.result?.summary?.drainedNow} drained; ${formatPhases(r.phases)})`,
+      ),
+    );
+
+  jobOptions(p.command('resume').description('let a quiesced job run again'))
+    .option('--reason <text>', 'recorded in the journal')
+    .action((o) =>
+      operation('resume', o, (r) => `epoch ${r.result?.epoch}: resumed in ${r.durationMs.toFixed(2)} ms${r.result?.frozenCheck ? ' (frozen interval verified)' : ''}`),
+    );
+
+  jobOptions(p.command('checkpoint').description('coordinated checkpoint of every VM of a job'))
+    .option('--timeout <ms>', 'quiesce limit')
+    .option('--reason <text>', 'recorded in the journal')
+    .action((o) => operation('checkpoint', o, (r) => `checkpoint ${r.id} done in ${Math.round(r.durationMs)} ms (${formatPhases(r.phases)})`));
+
+  jobOptions(p.command('migrate').description("move a job's VMs to other hosts, cooperatively"))
+    .option('--vm <id...>', 'VMs to move (default: the policy picks)')
+    .option('--to <host...>', 'destination hosts (default: spares)')
+    .addOption(new Option('--mode <mode>', 'migration mode').choices(['precopy', 'postcopy', 'hybrid'] as const))
+    .option('--timeout <ms>', 'quiesce limit')
+    .option('--reason <text>', 'recorded in the journal')
+    .action((o) => operation('migrate', o, (r) => `migration ${r.id} done in ${Math.round(r.durationMs)} ms (${formatPhases(r.phases)})`));
+
+  jobOptions(p.command('restart').description('restart a job from a checkpoint'))
+    .argument('[manifest]', 'checkpoint manifest (default: the last good checkpoint)')
+    .option('--reason <text>', 'recorded in the journal')
+    .action((_manifest, o) => operation('restart', o, (r) => `restart ${r.id} done in ${Math.round(r.durationMs)} ms (${formatPhases(r.phases)})`));
+
+  const plugins = p.command('plugins').description('plugins');
+  plugins
+    .command('list')
+    .description('the plugins the configuration names, loaded and checked')
+    .option('--config <file>', 'symbio.yaml')
+    .option('--json', 'print the result as JSON')
+    .action(async (o) => {
+      const r = await checkConfig(o.config === undefined ? {} : { explicit: o.config });
+      print(o.json, r.plugins, () =>
+        r.plugins.length
+          ? table(['NAME', 'VERSION', 'KIND', 'FROM'], r.plugins.map((x) => [x.name, x.version, x.kind, x.spec]))
+          : `no plugins configured (${r.source ?? 'embedded defaults'})`,
+      );
+    });
+
+  const cfgCmd = p.command('config').description('configuration');
+  cfgCmd
+    .command('check')
+    .description('validate the configuration and its plugins; print the effective configuration')
+    .option('--config <file>', 'symbio.yaml (default: the search order)')
+    .option('--json', 'print the result as JSON')
+    .action(async (o) => {
+      const r = await checkConfig(o.config === undefined ? {} : { explicit: o.config });
+      print(o.json, r, () =>
+        [`# ${r.source ? `valid: ${r.source}` : `no configuration file found (searched ${r.searched.join(', ')}): embedded defaults`}`,
+          `# ${r.plugins.length} plugin${r.plugins.length === 1 ? '' : 's'} loaded and checked`,
+          formatEffectiveConfig(r.config).trimEnd()].join('\n'),
+      );
     });
   return p;
+}
+
+function sum(c: unknown): number {
+  if (Array.isArray(c)) return c.reduce((a: number, b: number) => a + b, 0);
+  const s = c as { counts?: number[] } | null;
+  return s?.counts?.reduce((a, b) => a + b, 0) ?? 0;
 }
 
 export async function main(argv: string[], invokedAs: 'symbio' | 'symbio-mpirun'): Promise<number> {
@@ -101,12 +278,16 @@ export async function main(argv: string[], invokedAs: 'symbio' | 'symbio-mpirun'
   } catch (err) {
     const e = err as { code?: string; exitCode?: number; message: string };
     if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return 0;
-    if (e.code?.startsWith('commander.')) return 2; // commander already printed the problem
+    if (e.code?.startsWith('commander.')) return EXIT.usage; // commander already printed the problem
     if (err instanceof CliError) {
       process.stderr.write(`symbio: ${err.message}\n`);
       return err.exitCode;
     }
+    if (err instanceof ConfigError || err instanceof PluginLoadError) {
+      process.stderr.write(`symbio: ${err.message}\n`);
+      return EXIT.usage;
+    }
     process.stderr.write(`symbio: ${e.message}\n`);
-    return 1;
+    return EXIT.failed;
   }
 }

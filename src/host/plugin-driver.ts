@@ -13,6 +13,7 @@ import {
   type HookFunction,
   type PluginDefinition,
   type PluginActions,
+  type PluginKind,
   type PluginHooks,
 } from './plugin-api.js';
 
@@ -38,14 +39,16 @@ export interface ConfiguredPlugin {
   readonly plugin: PluginDefinition;
   /** Raw options from the configuration (validated here). */
   readonly options?: unknown;
+  /** The configuration's override of the plugin's own failure policy. */
+  readonly failurePolicy?: FailurePolicy;
 }
 
 export interface PluginDriverOptions {
   readonly log: Logger;
   /** Default limit for one hook call, ms. */
   readonly hookTimeoutMs: number;
-  /** Handed to every plugin; without a controller, requests are refused. */
-  readonly actions?: PluginActions;
+  /** Handed to every plugin (or made per plugin); without a controller, requests are refused. */
+  readonly actions?: PluginActions | ((plugin: string) => PluginActions);
 }
 
 /** Actions of a host that has no controller behind it (tests, `plugins list`). */
@@ -56,6 +59,8 @@ export const NO_ACTIONS: PluginActions = {
 
 interface Loaded {
   readonly name: string;
+  readonly version: string;
+  readonly kind: PluginKind;
   readonly hooks: PluginHooks;
   readonly policy: FailurePolicy;
   readonly controller: AbortController;
@@ -85,7 +90,7 @@ export class PluginDriver {
   /** Validate and set up every plugin, in configuration order. */
   async start(configured: readonly ConfiguredPlugin[]): Promise<void> {
     const names = new Set<string>();
-    for (const { plugin, options } of configured) {
+    for (const { plugin, options, failurePolicy } of configured) {
       if (names.has(plugin.name)) throw new PluginLoadError(`plugin ${plugin.name} is configured twice`);
       names.add(plugin.name);
       if (plugin.apiVersion !== PLUGIN_API_VERSION) {
@@ -104,19 +109,42 @@ export class PluginDriver {
       let hooks: PluginHooks;
       try {
         hooks = await this.withTimeout(plugin.name, 'setup', this.options.hookTimeoutMs, () =>
-          plugin.setup({ log, signal: controller.signal, options: parsed.data, actions: this.options.actions ?? NO_ACTIONS }),
+          plugin.setup({ log, signal: controller.signal, options: parsed.data, actions: this.#actionsFor(plugin.name) }),
         );
       } catch (err) {
         await this.teardown(); // the ones already set up
         throw err instanceof PluginHookError ? new PluginLoadError(err.message, { cause: err }) : err;
       }
-      this.loaded.push({ name: plugin.name, hooks, policy: plugin.failurePolicy ?? 'abort', controller, log, failures: 0, disabled: false });
+      this.loaded.push({ name: plugin.name, version: plugin.version, kind: plugin.kind, hooks, policy: failurePolicy ?? plugin.failurePolicy ?? 'abort', controller, log, failures: 0, disabled: false });
     }
   }
 
+  #actionsFor(plugin: string): PluginActions {
+    const a = this.options.actions;
+    return a === undefined ? NO_ACTIONS : typeof a === 'function' ? a(plugin) : a;
+  }
+
   /** Plugins in setup order, with whether they are still enabled. */
-  plugins(): Array<{ name: string; disabled: boolean; failures: number }> {
-    return this.loaded.map((p) => ({ name: p.name, disabled: p.disabled, failures: p.failures }));
+  plugins(): Array<{ name: string; version: string; kind: PluginKind; hooks: string[]; disabled: boolean; failures: number }> {
+    return this.loaded.map((p) => ({
+      name: p.name,
+      version: p.version,
+      kind: p.kind,
+      hooks: Object.keys(p.hooks).filter((k) => p.hooks[k] !== undefined),
+      disabled: p.disabled,
+      failures: p.failures,
+    }));
+  }
+
+  /**
+   * One plugin's hook (a monitor's `sample`), under its timeout and failure
+   * policy. `{ ok: false }` when it failed (and the policy let us go on), or
+   * the plugin is disabled or has no such hook.
+   */
+  async hookFor(plugin: string, hook: string, ...args: unknown[]): Promise<{ ok: true; value: unknown } | { ok: false }> {
+    const h = this.handlers(hook).find((x) => x.owner.name === plugin);
+    if (!h) return { ok: false };
+    return this.invoke(h, hook, args);
   }
 
   private handlers(hook: string): Handler[] {

@@ -93,7 +93,7 @@ export class ChaosQuiescer {
         this.catchupRounds += q.catchupRounds;
         this.drainedTotal = Math.max(this.drainedTotal, q.summary.drainedTotal);
         await sleep(this.random() * maxFrozenMs);
-        const r = await this.agent.resume();
+        const r = await this.agent.resumeJob();
         this.resume.push(r.resumeMs);
         if (r.ranksResumedMs !== null) this.ranksResumed.push(r.ranksResumedMs);
         if (r.frozenCheck && !r.frozenCheck.ok) {
@@ -109,7 +109,7 @@ export class ChaosQuiescer {
         this.abortReasons[reason] = (this.abortReasons[reason] ?? 0) + 1;
         log.debug({ err: (err as Error).message }, 'chaos cycle abandoned');
         // the agent resumed the ranks; make sure before going on
-        if (this.agent.segment.command().command !== 'run') await this.agent.resume().catch(() => undefined);
+        if (this.agent.segment.command().command !== 'run') await this.agent.resumeJob().catch(() => undefined);
       }
     }
   }

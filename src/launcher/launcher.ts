@@ -4,12 +4,18 @@
  * always resumed before we leave, whatever happens.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { constants as osConstants } from 'node:os';
 import { NodeAgent } from '../agent/node-agent.js';
-import { ControlServer } from '../agent/control-server.js';
-import { ensureRuntimeDir } from '../agent/runtime-dir.js';
+import { ControllerSession } from '../agent/controller-session.js';
+import { descriptionPath, ensureRuntimeDir, socketPath, type JobDescription } from '../agent/runtime-dir.js';
+import { Controller } from '../controller/controller.js';
+import { ControllerServer } from '../controller/server.js';
+import { describeAddress, parseAddress } from '../controller/client.js';
+import { defaultStateDir } from '../controller/journal.js';
+import type { PluginHost } from '../host/plugin-host.js';
 import { ChaosQuiescer, type ChaosReport } from './chaos.js';
 import { findExecutable, parseMpirunArgs, UsageError, withShim } from './mpirun-args.js';
 import { nativeArtifact } from '../util/package-root.js';
@@ -19,11 +25,21 @@ export interface LaunchOptions {
   /** mpirun's arguments, with symbio's own options mixed in (see mpirun-args). */
   readonly argv: readonly string[];
   readonly log: Logger;
-  /** Defaults for what the command line does not say. */
+  /** Defaults for what the command line does not say (from the configuration). */
   readonly resumeTimeoutMs?: number;
   readonly stallMs?: number;
+  readonly quiesceTimeoutMs?: number;
+  readonly stateDir?: string;
+  readonly whenBusy?: 'queue' | 'refuse';
+  readonly queueLimit?: number;
+  readonly hosts?: readonly { readonly name: string; readonly spare: boolean }[];
+  /** A standalone controller to attach to, when the command line does not name one. */
+  readonly controller?: string;
+  readonly controllerToken?: string;
+  /** Starts the configured plugins against the embedded controller (run's wiring; none in tests). */
+  readonly startPlugins?: (controller: Controller) => Promise<PluginHost | null>;
   /** Called once the job runs (tests use it to reach the agent). */
-  readonly onStarted?: (ctx: { agent: NodeAgent; jobId: string; socket: string }) => void;
+  readonly onStarted?: (ctx: { agent: NodeAgent; jobId: string; socket: string; controller: Controller | null }) => void;
 }
 
 export interface LaunchResult {
@@ -96,14 +112,18 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   }
   const dir = ensureRuntimeDir();
   const args = withShim(parsed.args, shim, agent.segmentName);
-  const server = new ControlServer(agent, dir, {
-    jobId,
-    pid: process.pid,
-    segment: agent.segmentName,
-    startedAt: new Date().toISOString(),
-    command: ['mpirun', ...parsed.args],
-  }, jlog.child({ component: 'control' }));
+  const command = ['mpirun', ...parsed.args];
+  const controllerAddress = parsed.symbio.controller ?? opts.controller;
+  // Embedded (default): a controller in this process, serving the job's own
+  // socket. Standalone: our agent attaches to that controller instead.
+  let controller: Controller | null = null;
+  let server: ControllerServer | null = null;
+  let session: ControllerSession | null = null;
+  let plugins: PluginHost | null = null;
+  let socket: string;
+  const description = descriptionPath(dir, jobId);
   let chaos: ChaosQuiescer | null = null;
+  let child: ReturnType<typeof spawn> | null = null;
   const onSignal = (sig: NodeJS.Signals): void => {
     jlog.warn({ signal: sig }, 'signal: resuming ranks and stopping the job');
     try {
@@ -113,10 +133,51 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     }
     child?.kill(sig);
   };
-  let child: ReturnType<typeof spawn> | null = null;
   try {
-    await server.listen();
-    jlog.info({ np, segment: agent.segmentName, socket: server.socket }, 'starting job');
+    if (controllerAddress) {
+      let address;
+      try {
+        address = parseAddress(controllerAddress);
+      } catch (err) {
+        throw new LaunchError((err as Error).message);
+      }
+      if (address.tcp && !opts.controllerToken) throw new LaunchError(`controller ${controllerAddress} is on TCP: set controller.tokenFile in symbio.yaml`);
+      socket = describeAddress(address);
+      session = new ControllerSession(agent, {
+        address,
+        ...(opts.controllerToken === undefined ? {} : { token: opts.controllerToken }),
+        job: jobId,
+        node: hostname(),
+        register: { command, np, launcherPid: process.pid },
+        log: jlog.child({ component: 'session' }),
+      });
+      try {
+        await session.start();
+      } catch (err) {
+        throw new LaunchError(`cannot attach to the controller: ${(err as Error).message} (is \`symbio controller\` running?)`);
+      }
+    } else {
+      controller = new Controller({
+        stateDir: opts.stateDir ?? defaultStateDir(),
+        whenBusy: opts.whenBusy ?? 'queue',
+        queueLimit: opts.queueLimit ?? 4,
+        quiesce: { timeoutMs: opts.quiesceTimeoutMs ?? 30_000, stallMs: opts.stallMs ?? 2_000 },
+        ...(opts.hosts ? { hosts: opts.hosts } : {}),
+        log: jlog.child({ component: 'controller' }),
+      });
+      controller.registerJob({ id: jobId, command, np, launcherPid: process.pid });
+      controller.attachNode(jobId, agent);
+      socket = socketPath(dir, jobId);
+      server = new ControllerServer(controller, {
+        unixPath: socket,
+        log: jlog.child({ component: 'server' }),
+        plugins: () => plugins?.list() ?? [],
+      });
+      await server.listen();
+      plugins = (await opts.startPlugins?.(controller)) ?? null;
+    }
+    writeDescription(description, { jobId, pid: process.pid, socket, segment: agent.segmentName, startedAt: new Date().toISOString(), command });
+    jlog.info({ np, segment: agent.segmentName, socket }, 'starting job');
     child = spawn(mpirun, args, { stdio: 'inherit' });
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
@@ -127,7 +188,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
       });
       child!.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? signalNumber(signal) : 0)));
     });
-    opts.onStarted?.({ agent, jobId, socket: server.socket });
+    opts.onStarted?.({ agent, jobId, socket, controller });
     if (parsed.symbio.chaosQuiesceMs !== undefined) {
       const c = new ChaosQuiescer(agent, {
         intervalMs: parsed.symbio.chaosQuiesceMs,
@@ -149,15 +210,28 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
       jlog.info({ chaos: report }, `chaos quiesce: ${report.completed} cycles completed, ${report.aborted} abandoned, ${report.verifyFailures} failed checks`);
       if (parsed.symbio.chaosReport) writeFileSync(parsed.symbio.chaosReport, JSON.stringify(report, null, 2) + '\n');
     }
+    controller?.jobFinished(jobId, exitCode);
+    session?.finished(exitCode);
     jlog.info({ exitCode }, 'job finished');
     return { exitCode, jobId, chaos: report };
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     if (chaos) await chaos.stop();
-    await server.close();
+    rmSync(description, { force: true });
+    await plugins?.close();
+    await server?.close();
+    await controller?.close();
+    session?.close();
     agent.close();
   }
+}
+
+/** Atomically (rename) publish where operators reach the job (`symbio jobs`). */
+function writeDescription(path: string, desc: JobDescription): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, JSON.stringify(desc, null, 2) + '\n', { mode: 0o600 });
+  renameSync(tmp, path);
 }
 
 function signalNumber(sig: NodeJS.Signals): number {

@@ -27,6 +27,10 @@ export interface SymbioRunOptions {
   jobId?: string;
   resumeTimeoutMs?: number;
   json?: boolean;
+  /** A standalone controller to attach to (socket path or tcp://host:port) instead of an embedded one. */
+  controller?: string;
+  /** symbio.yaml to use instead of the search order. */
+  config?: string;
 }
 
 export interface ParsedMpirun {
@@ -66,6 +70,14 @@ const SYMBIO_OPTS: Record<string, (o: SymbioRunOptions, v: string | undefined) =
     o.jobId = v;
   },
   '--resume-timeout': (o, v) => (o.resumeTimeoutMs = positiveInt('--resume-timeout', v)),
+  '--symbio-controller': (o, v) => {
+    if (!v) throw new UsageError('--symbio-controller needs a socket path or tcp://host:port');
+    o.controller = v;
+  },
+  '--symbio-config': (o, v) => {
+    if (!v) throw new UsageError('--symbio-config needs a file path');
+    o.config = v;
+  },
 };
 
 export function parseMpirunArgs(argv: readonly string[]): ParsedMpirun {

@@ -6,9 +6,8 @@
 import t from 'tap';
 import { connect } from 'node:net';
 import { statSync } from 'node:fs';
-import { controlRequest } from '../../src/agent/control-server.js';
 import { runtimeDir, type JobDescription } from '../../src/agent/runtime-dir.js';
-import { mpiCommon, plainMpirun, prog, run, start, symbioCli, symbioMpirun, waitForJob } from '../helpers/mpi.js';
+import { jobRequest, mpiCommon, plainMpirun, prog, run, start, statusRanks, symbioCli, symbioMpirun, waitForJob } from '../helpers/mpi.js';
 import { existsSync } from 'node:fs';
 
 const jobId = `cli-${process.pid}`;
@@ -51,38 +50,55 @@ t.test('operator commands on a running job', async (t) => {
   t.ok((JSON.parse(jobs.stdout) as JobDescription[]).some((j) => j.jobId === jobId), 'symbio jobs lists it');
 
   // ranks attach a moment after the job starts
-  let status: { ranks: { state: string }[] } = { ranks: [] };
-  for (let i = 0; i < 300 && status.ranks.length < 4; i++) {
+  let ranks: { state: string }[] = [];
+  for (let i = 0; i < 300 && ranks.length < 4; i++) {
     const s = await run(process.execPath, [symbioCli, 'status', '--job', jobId, '--json']);
-    status = JSON.parse(s.stdout) as typeof status;
-    if (status.ranks.length < 4) await new Promise((r) => setTimeout(r, 100));
+    ranks = statusRanks(JSON.parse(s.stdout));
+    if (ranks.length < 4) await new Promise((r) => setTimeout(r, 100));
   }
-  t.equal(status.ranks.length, 4, 'status shows 4 ranks');
+  t.equal(ranks.length, 4, 'status shows 4 ranks');
 
   const q = await run(process.execPath, [symbioCli, 'quiesce', '--job', jobId, '--json']);
   t.equal(q.code, 0, `quiesce succeeded ${q.stderr}`);
-  const qr = JSON.parse(q.stdout) as { frozen: boolean; summary: { held: number } };
-  t.equal(qr.frozen, true, 'frozen');
-  t.equal(qr.summary.held, 4, 'all 4 ranks');
+  const qr = JSON.parse(q.stdout) as { kind: string; ok: boolean; phases: { name: string }[]; result: { frozen: boolean; summary: { held: number } } };
+  t.equal(qr.result.frozen, true, 'frozen');
+  t.equal(qr.result.summary.held, 4, 'all 4 ranks');
+  t.same(qr.phases.map((p) => p.name), ['quiescing', 'freezing'], 'the operation timeline has its phases');
 
   const again = await run(process.execPath, [symbioCli, 'quiesce', '--job', jobId]);
-  t.equal(again.code, 1, 'a second quiesce is refused');
-  t.match(again.stderr, /already under way/, 'with the reason');
+  t.equal(again.code, 3, 'a second quiesce is refused (exit 3)');
+  t.match(again.stderr, /already frozen/, 'with the reason');
+
+  const ckpt = await run(process.execPath, [symbioCli, 'checkpoint', '--job', jobId]);
+  t.equal(ckpt.code, 3, 'checkpoint of a job without VMs is refused');
+  t.match(ckpt.stderr, /runs in no VM/, 'and says why');
 
   const st = await run(process.execPath, [symbioCli, 'status', '--job', jobId]);
-  t.match(st.stdout, /command freeze/, 'human status shows the freeze');
-  t.equal((st.stdout.match(/frozen/g) ?? []).length, 4, 'four frozen ranks');
+  t.match(st.stdout, /\(frozen\)/, 'human status shows the freeze');
+  t.equal(st.stdout.split('\n').filter((l) => / frozen /.test(l)).length, 4, 'four frozen ranks');
 
   const r = await run(process.execPath, [symbioCli, 'resume', '--job', jobId, '--json']);
   t.equal(r.code, 0, 'resume succeeded');
-  const rr = JSON.parse(r.stdout) as { frozenCheck: { ok: boolean } };
-  t.same(rr.frozenCheck, { ok: true }, 'no rank made MPI progress while frozen');
+  const rr = JSON.parse(r.stdout) as { result: { frozenCheck: { ok: boolean } } };
+  t.same(rr.result.frozenCheck, { ok: true }, 'no rank made MPI progress while frozen');
+
+  const ev = await run(process.execPath, [symbioCli, 'events', '--job', jobId, '--json']);
+  t.equal(ev.code, 0, 'events');
+  const evs = JSON.parse(ev.stdout) as { type: string; kind?: string; phase?: string }[];
+  t.ok(evs.some((e) => e.type === 'job-started'), 'journal: job started');
+  t.same(
+    evs.filter((e) => e.type === 'operation-phase' && e.kind === 'freeze').map((e) => e.phase),
+    ['quiescing', 'freezing', 'done'],
+    'journal: every phase of the freeze, in order',
+  );
+  t.ok(evs.some((e) => e.type === 'operation' && e.kind === 'resume'), 'journal: the resume');
 
   // malformed input on the socket: an error reply each time, server survives
   const bad: Array<string | Buffer> = [
     'not json\n',
     '{"op":"explode"}\n',
-    '{"op":"quiesce","timeoutMs":-5}\n',
+    '{"op":"operate","kind":"freeze","timeoutMs":-5}\n',
+    '{"op":"operate","kind":"teleport"}\n',
     '{"op":"status","extra":1}\n',
     '[1,2,3]\n',
     Buffer.from([0xff, 0xfe, 0x00, 0x0a]),
@@ -93,7 +109,7 @@ t.test('operator commands on a running job', async (t) => {
     const first = out.split('\n')[0] ?? '';
     t.match(first, /"ok":false/, `error reply for ${JSON.stringify(b.toString().slice(0, 30))}`);
   }
-  const alive = await controlRequest(desc.socket, { op: 'status' }, 5_000);
+  const alive = await jobRequest(desc.socket, { op: 'status' }, 5_000);
   t.ok(alive.ok, 'the control socket still answers');
 
   const res = await done;

@@ -13,12 +13,11 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { controlRequest } from '../../src/agent/control-server.js';
 import { descriptionPath, runtimeDir } from '../../src/agent/runtime-dir.js';
 import { launch } from '../../src/launcher/launcher.js';
 import { logger } from '../../src/log.js';
 import type { NodeAgent, AttachedRank } from '../../src/agent/node-agent.js';
-import { mpiCommon, plainMpirun, prog, run, start, symbioMpirun, waitForJob } from '../helpers/mpi.js';
+import { jobRequest, mpiCommon, plainMpirun, prog, run, start, statusRanks, symbioMpirun, waitForJob } from '../helpers/mpi.js';
 import { nativeArtifact } from '../../src/util/package-root.js';
 import { segmentNameFor } from '../../src/native.js';
 
@@ -32,9 +31,9 @@ t.test('agent killed while ranks are frozen: ranks resume by themselves, job fin
     symbioMpirun, '--job-id', jobId, '--resume-timeout', '60000', ...mpiCommon, '-np', '4', prog('ring'),
   ]);
   const desc = await waitForJob(jobId, 4);
-  const reply = await controlRequest(desc.socket, { op: 'quiesce', freeze: true, timeoutMs: 20_000 }, 25_000);
+  const reply = await jobRequest(desc.socket, { op: 'operate', kind: 'freeze', timeoutMs: 20_000 }, 25_000);
   t.ok(reply.ok, `quiesce answered: ${JSON.stringify(reply).slice(0, 200)}`);
-  t.equal((reply as { result: { frozen: boolean } }).result.frozen, true, 'all ranks frozen');
+  t.equal((reply as { result: { result: { frozen: boolean } } }).result.result.frozen, true, 'all ranks frozen');
   const killedAt = Date.now();
   child.kill('SIGKILL'); // the agent dies; mpirun and the frozen ranks live on
   const r = await done;
@@ -55,14 +54,14 @@ t.test('RESUME never comes: ranks resume by themselves after the limit', async (
     symbioMpirun, '--job-id', jobId, '--resume-timeout', '700', ...mpiCommon, '-np', '4', prog('ring'),
   ]);
   const desc = await waitForJob(jobId, 4);
-  const reply = await controlRequest(desc.socket, { op: 'quiesce', freeze: true, timeoutMs: 20_000 }, 25_000);
+  const reply = await jobRequest(desc.socket, { op: 'operate', kind: 'freeze', timeoutMs: 20_000 }, 25_000);
   t.ok(reply.ok, 'frozen');
   const t0 = Date.now();
   // watch the ranks come back by themselves
   let running = 0;
   while (Date.now() - t0 < 10_000) {
-    const s = await controlRequest(desc.socket, { op: 'status' }, 5_000);
-    running = s.ok ? (s.result as { ranks: { state: string }[] }).ranks.filter((x) => x.state === 'running').length : -1;
+    const s = await jobRequest(desc.socket, { op: 'status' }, 5_000);
+    running = s.ok ? statusRanks(s.result).filter((x) => x.state === 'running').length : -1;
     if (running === 4) break;
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -81,7 +80,7 @@ t.test('SIGTERM while frozen: ranks resumed, job stopped, nothing left behind', 
     symbioMpirun, '--job-id', jobId, ...mpiCommon, '-np', '4', prog('ring'), '100000000',
   ]);
   const desc = await waitForJob(jobId, 4);
-  const reply = await controlRequest(desc.socket, { op: 'quiesce', freeze: true, timeoutMs: 20_000 }, 25_000);
+  const reply = await jobRequest(desc.socket, { op: 'operate', kind: 'freeze', timeoutMs: 20_000 }, 25_000);
   t.ok(reply.ok, 'frozen');
   const t0 = Date.now();
   child.kill('SIGTERM');
@@ -139,11 +138,11 @@ t.test('an unsupported feature (RMA): quiesce refused with the reason, job unhar
   const { done } = start(process.execPath, [symbioMpirun, '--job-id', jobId, ...mpiCommon, '-np', '2', prog('rma')]);
   const desc = await waitForJob(jobId, 2);
   // the shim marks the job at MPI_Win_create; ask until it has
-  let reply = await controlRequest(desc.socket, { op: 'quiesce', timeoutMs: 5_000 }, 10_000);
+  let reply = await jobRequest(desc.socket, { op: 'operate', kind: 'quiesce', timeoutMs: 5_000 }, 10_000);
   for (let i = 0; i < 50 && reply.ok; i++) {
-    await controlRequest(desc.socket, { op: 'resume' }, 10_000);
+    await jobRequest(desc.socket, { op: 'operate', kind: 'resume' }, 10_000);
     await new Promise((r) => setTimeout(r, 50));
-    reply = await controlRequest(desc.socket, { op: 'quiesce', timeoutMs: 5_000 }, 10_000);
+    reply = await jobRequest(desc.socket, { op: 'operate', kind: 'quiesce', timeoutMs: 5_000 }, 10_000);
   }
   t.notOk(reply.ok, 'quiesce refused');
   t.match((reply as { error: string }).error, /unsupported|one-sided|rma/i, `says why: ${(reply as { error?: string }).error}`);

@@ -1,0 +1,393 @@
+/**
+ * The controller: the registry of jobs, their nodes (agents) and VMs, and the
+ * operations on them. One operation per job at a time: a second request is
+ * queued behind it (up to a limit) or refused with a reason, as configured.
+ * Every operation is a state machine (operation.ts) whose phases are
+ * journaled as they happen; plugins hear about each finished operation.
+ *
+ * It runs embedded in the launcher (one job, one local agent) or standalone
+ * (`symbio controller`: many jobs, agents over a socket); the code is the same.
+ */
+import { EventEmitter } from 'node:events';
+import PQueue from 'p-queue';
+import { JobJournal, type JournalEvent } from './journal.js';
+import { Operation, type OperationSummary } from './operation.js';
+import { JobQuiescer, type QuiesceOutcome, type QuiesceParticipant } from '../quiesce/job-quiescer.js';
+import type { ClusterView, HostState, JobView, OperationKind, OperationRecord } from '../host/plugin-api.js';
+import type { Logger } from '../log.js';
+
+export interface ControllerOptions {
+  readonly stateDir: string;
+  /** A request for a job that is busy: wait in its queue, or be refused. */
+  readonly whenBusy: 'queue' | 'refuse';
+  /** Requests that may wait per job (beyond the running one). */
+  readonly queueLimit: number;
+  readonly quiesce: { readonly timeoutMs: number; readonly stallMs: number };
+  readonly hosts?: readonly { readonly name: string; readonly spare: boolean }[];
+  readonly log: Logger;
+}
+
+export interface JobDescriptionInput {
+  readonly id: string;
+  readonly command: readonly string[];
+  readonly np: number | null;
+  /** The launcher's pid (embedded) or the remote launcher's. */
+  readonly launcherPid?: number;
+}
+
+export interface VmEntry {
+  readonly id: string;
+  host: string;
+  readonly memoryBytes: number;
+}
+
+interface JobEntry {
+  readonly id: string;
+  readonly command: readonly string[];
+  readonly np: number | null;
+  readonly startedAt: number;
+  state: JobView['state'];
+  exitCode: number | null;
+  readonly nodes: Map<string, QuiesceParticipant>;
+  readonly vms: Map<string, VmEntry>;
+  readonly quiescer: JobQuiescer;
+  readonly queue: PQueue;
+  current: Operation | null;
+  /** The job was left held or frozen by an operator's quiesce/freeze. */
+  held: 'hold' | 'freeze' | null;
+  readonly journal: JobJournal;
+  lastCheckpoint: JobView['lastCheckpoint'];
+  readonly measured: { checkpointMs: number[]; restartMs: number[] };
+  readonly log: Logger;
+}
+
+/** The request could not be accepted (busy, unknown job, nothing to act on): nothing was done. */
+export class OperationRefusedError extends Error {
+  override name = 'OperationRefusedError';
+}
+
+export interface OperationRequestInput {
+  readonly job?: string;
+  readonly kind: OperationKind;
+  readonly requestedBy: string;
+  readonly reason?: string;
+  readonly timeoutMs?: number;
+  /** Kind-specific parameters (migrate: vms, to, mode; restart: manifest, hosts). */
+  readonly params?: Readonly<Record<string, unknown>>;
+  /** Called on every phase change (progress display). */
+  readonly onProgress?: (op: OperationSummary) => void;
+}
+
+export interface ControllerEvents {
+  journal: [JournalEvent];
+  'operation-finished': [OperationSummary];
+}
+
+/** Kinds that act on VMs through a hypervisor driver. */
+const VM_KINDS: ReadonlySet<OperationKind> = new Set(['checkpoint', 'migrate', 'restart']);
+
+export class Controller extends EventEmitter<ControllerEvents> {
+  readonly #jobs = new Map<string, JobEntry>();
+  readonly #hostStates = new Map<string, HostState>();
+  readonly #log: Logger;
+  #closed = false;
+
+  constructor(readonly options: ControllerOptions) {
+    super();
+    this.#log = options.log;
+    for (const h of options.hosts ?? []) this.#hostStates.set(h.name, 'up');
+  }
+
+  // ---- registry ----
+
+  registerJob(desc: JobDescriptionInput): void {
+    if (this.#closed) throw new OperationRefusedError('the controller is shutting down');
+    const existing = this.#jobs.get(desc.id);
+    if (existing && existing.state !== 'finished' && existing.state !== 'failed') {
+      throw new OperationRefusedError(`job ${desc.id} is already registered and running`);
+    }
+    const log = this.#log.child({ job: desc.id });
+    const job: JobEntry = {
+      id: desc.id,
+      command: desc.command,
+      np: desc.np,
+      startedAt: Date.now(),
+      state: 'starting',
+      exitCode: null,
+      nodes: new Map(),
+      vms: new Map(),
+      quiescer: new JobQuiescer([], { stallMs: this.options.quiesce.stallMs, log }),
+      queue: new PQueue({ concurrency: 1 }),
+      current: null,
+      held: null,
+      journal: new JobJournal(this.options.stateDir, desc.id),
+      lastCheckpoint: null,
+      measured: { checkpointMs: [], restartMs: [] },
+      log,
+    };
+    this.#jobs.set(desc.id, job);
+    this.#record(job, 'job-started', { command: desc.command, np: desc.np, launcherPid: desc.launcherPid });
+  }
+
+  /** A node (agent) of the job is reachable; the job runs once it has one. */
+  attachNode(jobId: string, participant: QuiesceParticipant): void {
+    const job = this.#job(jobId);
+    if (job.current && !job.current.finished) throw new OperationRefusedError(`job ${jobId}: a node cannot join during ${job.current.kind}`);
+    job.nodes.set(participant.node, participant);
+    job.quiescer.setParticipants([...job.nodes.values()]);
+    if (job.state === 'starting') job.state = 'running';
+    this.#record(job, 'node-attached', { node: participant.node });
+  }
+
+  detachNode(jobId: string, node: string, why: string): void {
+    const job = this.#jobs.get(jobId);
+    if (!job || !job.nodes.delete(node)) return;
+    if (!job.current || job.current.finished) job.quiescer.setParticipants([...job.nodes.values()]);
+    this.#record(job, 'node-detached', { node, reason: why });
+  }
+
+  jobFinished(jobId: string, exitCode: number): void {
+    const job = this.#jobs.get(jobId);
+    if (!job) return;
+    job.exitCode = exitCode;
+    job.state = exitCode === 0 ? 'finished' : 'failed';
+    job.held = null;
+    job.quiescer.close();
+    job.queue.clear();
+    this.#record(job, 'job-finished', { exitCode });
+  }
+
+  /** Record something that happened to a job (health events, failures, decisions). */
+  journal(jobId: string, type: string, data: Record<string, unknown>): void {
+    const job = this.#jobs.get(jobId);
+    if (job) this.#record(job, type, data);
+  }
+
+  #record(job: JobEntry, type: string, data: Record<string, unknown>): void {
+    const e = job.journal.event(type, data);
+    this.emit('journal', e);
+  }
+
+  #job(jobId: string | undefined): JobEntry {
+    if (jobId === undefined) {
+      const live = [...this.#jobs.values()].filter((j) => j.state !== 'finished' && j.state !== 'failed');
+      if (live.length === 1) return live[0]!;
+      throw new OperationRefusedError(live.length === 0 ? 'no running job' : `several jobs are running; name one: ${live.map((j) => j.id).join(', ')}`);
+    }
+    const job = this.#jobs.get(jobId);
+    if (!job) throw new OperationRefusedError(`no job '${jobId}' (known: ${[...this.#jobs.keys()].join(', ') || 'none'})`);
+    return job;
+  }
+
+  jobIds(): string[] {
+    return [...this.#jobs.keys()];
+  }
+
+  journalDir(jobId: string): string {
+    return this.#job(jobId).journal.dir;
+  }
+
+  /** Mark a host (health policies drain it; a failure downs it). */
+  setHostState(host: string, state: HostState): void {
+    this.#hostStates.set(host, state);
+  }
+
+  // ---- views ----
+
+  #jobView(job: JobEntry): JobView {
+    const mean = (xs: number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
+    return {
+      id: job.id,
+      state: job.current && !job.current.finished ? 'operating' : job.state,
+      startedAt: job.startedAt,
+      ranks: job.np ?? 0,
+      vms: [...job.vms.values()].map((v) => ({ ...v })),
+      operation: job.current && !job.current.finished ? { kind: job.current.kind, phase: String(job.current.phase) } : null,
+      lastCheckpoint: job.lastCheckpoint,
+      measured: {
+        checkpointMs: mean(job.measured.checkpointMs),
+        restartMs: mean(job.measured.restartMs),
+        migrationBandwidthBps: null,
+        dirtyRateBps: null,
+      },
+    };
+  }
+
+  view(): ClusterView {
+    const spares = new Map((this.options.hosts ?? []).map((h) => [h.name, h.spare]));
+    return {
+      now: Date.now(),
+      hosts: [...this.#hostStates].map(([name, state]) => ({ name, state, spare: spares.get(name) ?? false })),
+      jobs: [...this.#jobs.values()].map((j) => this.#jobView(j)),
+    };
+  }
+
+  /** What `symbio status` shows: the job, its nodes' ranks, its queue. */
+  async status(jobId?: string): Promise<Record<string, unknown>> {
+    const job = this.#job(jobId);
+    const nodes = await Promise.all(
+      [...job.nodes.values()].map(async (p) => {
+        try {
+          const r = await p.report();
+          return { node: p.node, epoch: r.snapshot.epoch, command: r.snapshot.command, ranks: r.snapshot.ranks };
+        } catch (err) {
+          return { node: p.node, error: (err as Error).message, ranks: [] };
+        }
+      }),
+    );
+    return {
+      job: this.#jobView(job),
+      command: job.command,
+      held: job.held,
+      queued: job.queue.size,
+      exitCode: job.exitCode,
+      journal: job.journal.dir,
+      nodes,
+    };
+  }
+
+  // ---- operations ----
+
+  /**
+   * Carry out one operation on a job. Resolves with the operation's record
+   * (ok or not) once it ends; rejects with OperationRefusedError, having done
+   * nothing, when the request cannot be accepted.
+   */
+  async request(req: OperationRequestInput): Promise<OperationSummary> {
+    if (this.#closed) throw new OperationRefusedError('the controller is shutting down');
+    const job = this.#job(req.job);
+    if (job.state === 'finished' || job.state === 'failed') throw new OperationRefusedError(`job ${job.id} has ended (exit code ${job.exitCode})`);
+    if (VM_KINDS.has(req.kind) && job.vms.size === 0) {
+      throw new OperationRefusedError(
+        `job ${job.id} runs in no VM (its ranks are processes of this host): ${req.kind} acts on VMs through a hypervisor driver; run the job in VMs (symbio vcluster) to ${req.kind} it`,
+      );
+    }
+    if (job.held && req.kind !== 'resume' && job.queue.size === 0 && !(job.current && !job.current.finished)) {
+      throw new OperationRefusedError(`job ${job.id} is already ${job.held === 'freeze' ? 'frozen' : 'held'} by an operator; resume it first`);
+    }
+    const busy = job.current !== null && !job.current.finished;
+    if (busy || job.queue.size > 0) {
+      const what = job.current ? `${job.current.kind} ${job.current.id} is ${String(job.current.phase)}` : 'operations are queued';
+      if (this.options.whenBusy === 'refuse') throw new OperationRefusedError(`job ${job.id} is busy: ${what}`);
+      if (job.queue.size >= this.options.queueLimit) {
+        throw new OperationRefusedError(`job ${job.id} is busy (${what}) and ${job.queue.size} requests already wait (queue limit ${this.options.queueLimit})`);
+      }
+    }
+    const op = new Operation({ job: job.id, kind: req.kind, requestedBy: req.requestedBy, reason: req.reason ?? `requested by ${req.requestedBy}` });
+    op.onTransition((o) => {
+      this.#record(job, 'operation-phase', { op: o.id, kind: o.kind, phase: String(o.phase) });
+      req.onProgress?.(o.record());
+    });
+    this.#record(job, 'operation-requested', { op: op.id, kind: op.kind, requestedBy: op.requestedBy, reason: op.reason, ...(req.params ? { params: req.params } : {}), queuedBehind: job.queue.size + (busy ? 1 : 0) });
+    return job.queue.add(async () => {
+      job.current = op;
+      try {
+        await this.#run(job, op, req.timeoutMs ?? this.options.quiesce.timeoutMs);
+      } catch (err) {
+        // #run handles its own failures; this is a bug or a refused transition
+        job.log.error({ op: op.id, err: (err as Error).message }, 'operation ended unexpectedly');
+        if (!op.finished) op.abort(err);
+      }
+      const rec = op.record();
+      job.journal.operation(rec);
+      this.#record(job, 'operation', { op: op.id, kind: op.kind, ok: rec.ok, durationMs: rec.durationMs, error: rec.error, phases: rec.phases });
+      job.log.info({ op: op.id, kind: op.kind, ok: rec.ok, ms: Math.round(rec.durationMs), error: rec.error }, `${op.kind} ${rec.ok ? 'done' : 'failed'}`);
+      this.emit('operation-finished', rec);
+      return rec;
+    }) as Promise<OperationSummary>;
+  }
+
+  async #run(job: JobEntry, op: Operation, timeoutMs: number): Promise<void> {
+    switch (op.kind) {
+      case 'quiesce':
+      case 'freeze':
+        return this.#quiesceOp(job, op as Operation<'quiesce' | 'freeze'>, timeoutMs);
+      case 'resume':
+        return this.#resumeOp(job, op as Operation<'resume'>);
+      default:
+        // checkpoint / migrate / restart were refused in request() for jobs
+        // without VMs; VM-backed jobs arrive with the hypervisor driver.
+        op.fail(new Error(`${op.kind} needs a hypervisor driver, and none is configured`));
+        op.to('cancelled');
+    }
+  }
+
+  async #quiesceOp(job: JobEntry, op: Operation<'quiesce' | 'freeze'>, timeoutMs: number): Promise<void> {
+    if (job.held) {
+      op.fail(new Error(`job ${job.id} is already ${job.held === 'freeze' ? 'frozen' : 'held'}; resume it first`));
+      op.to('cancelled');
+      return;
+    }
+    const freeze = op.kind === 'freeze';
+    op.to('quiescing');
+    let outcome: QuiesceOutcome;
+    try {
+      outcome = await job.quiescer.quiesce({ freeze, timeoutMs });
+    } catch (err) {
+      // the quiescer has already resumed every node
+      op.fail(err);
+      op.to('rolling-back');
+      op.to('failed');
+      return;
+    }
+    const hold = outcome.phases.find((p) => p.name === 'hold');
+    op.note({ epoch: outcome.epoch, ms: hold?.ms, catchupRounds: outcome.catchupRounds, messages: outcome.summary.messages, ranks: outcome.summary.held });
+    if (freeze) {
+      (op as Operation<'freeze'>).to('freezing');
+      op.note({ ms: outcome.phases.find((p) => p.name === 'freeze')?.ms, ranksFrozenMs: outcome.ranksFrozenMs });
+    }
+    op.result = outcome;
+    job.held = freeze ? 'freeze' : 'hold';
+    op.to('done');
+  }
+
+  async #resumeOp(job: JobEntry, op: Operation<'resume'>): Promise<void> {
+    op.to('resuming');
+    try {
+      const r = await job.quiescer.resume();
+      job.held = null;
+      op.result = r;
+      op.note({ resumeMs: r.resumeMs, ranksResumedMs: r.ranksResumedMs });
+      if (r.frozenCheck && !r.frozenCheck.ok) {
+        // The ranks run again; what failed is the proof that nothing moved while frozen.
+        op.fail(new Error(`frozen-interval check failed: ${r.frozenCheck.reason}`));
+        op.to('failed');
+        return;
+      }
+      op.to('done');
+    } catch (err) {
+      job.held = null;
+      op.fail(err);
+      op.to('failed');
+    }
+  }
+
+  /** What plugins get: the record without the controller's extras. */
+  static pluginRecord(rec: OperationSummary): OperationRecord {
+    const { id, job, kind, ok, error, startedAt, durationMs, phases, requestedBy, reason } = rec;
+    return { id, job, kind, ok, ...(error === undefined ? {} : { error }), startedAt, durationMs, phases, requestedBy, reason };
+  }
+
+  /**
+   * Stop accepting work, let every held job run again and wait for running
+   * operations to end (they roll back on their own if their nodes go away).
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const job of this.#jobs.values()) {
+      job.queue.clear();
+      const wasOperating = job.held !== null || job.quiescer.operating;
+      job.quiescer.close(); // a quiesce under way ends (and resumes) at its next step
+      if (wasOperating) {
+        try {
+          await job.quiescer.resume();
+        } catch (err) {
+          job.log.warn({ err: (err as Error).message }, 'resume at shutdown failed');
+        }
+        job.held = null;
+      }
+    }
+    await Promise.all([...this.#jobs.values()].map((j) => j.queue.onIdle()));
+  }
+}

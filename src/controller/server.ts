@@ -1,0 +1,232 @@
+/**
+ * The controller's sockets. Local: a Unix socket, 0600 in a 0700 directory,
+ * and every connection's peer credentials (SO_PEERCRED) must be our own user
+ * or root. Remote (multi-node): TCP, where the first line must be
+ * `{"op":"hello","token":...}` with the shared token. Operators' commands and
+ * agents use the same sockets; every malformed line gets an error reply,
+ * never a crash.
+ */
+import { chmodSync, rmSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { timingSafeEqual, createHash } from 'node:crypto';
+import { peerCredentials } from '../native.js';
+import { ClientRequest, MAX_FIRST_LINE_BYTES, MAX_LINE_BYTES, zodMessage, type Reply } from './protocol.js';
+import { OperationRefusedError, type Controller } from './controller.js';
+import { RemoteAgentLink } from './remote-agent-link.js';
+import { readEvents } from './journal.js';
+import { parseJsonLine, readJsonLines, writeJsonLine, type JsonLineReader } from '../util/json-lines.js';
+import type { OperationKind } from '../host/plugin-api.js';
+import type { Logger } from '../log.js';
+
+export interface ControllerServerOptions {
+  /** Unix socket path (created 0600; a stale one is replaced). */
+  readonly unixPath?: string;
+  readonly tcp?: { readonly host: string; readonly port: number };
+  /** Required with tcp; optional on the Unix socket (peer credentials suffice there). */
+  readonly token?: string;
+  /** Longest a controller -> agent call may take, ms. */
+  readonly agentCallTimeoutMs?: number;
+  /** What `symbio plugins list` shows. */
+  readonly plugins?: () => unknown;
+  readonly log: Logger;
+}
+
+interface Conn {
+  readonly socket: Socket;
+  readonly reader: JsonLineReader;
+  readonly transport: 'unix' | 'tcp';
+  authenticated: boolean;
+  agent: RemoteAgentLink | null;
+  agentJob: string | null;
+}
+
+function sameToken(a: string, b: string): boolean {
+  // Compare digests: equal length, so timingSafeEqual never throws, and no length leak.
+  const da = createHash('sha256').update(a).digest();
+  const db = createHash('sha256').update(b).digest();
+  return timingSafeEqual(da, db);
+}
+
+/** The fd behind a net.Socket (Node keeps it on the internal handle). */
+function socketFd(s: Socket): number | undefined {
+  const handle = (s as unknown as { _handle?: { fd?: number } })._handle;
+  return typeof handle?.fd === 'number' && handle.fd >= 0 ? handle.fd : undefined;
+}
+
+export class ControllerServer {
+  readonly #servers: Server[] = [];
+  readonly #conns = new Set<Conn>();
+  readonly #log: Logger;
+  #tcpAddress: { host: string; port: number } | null = null;
+
+  constructor(
+    private readonly controller: Controller,
+    private readonly options: ControllerServerOptions,
+  ) {
+    this.#log = options.log;
+    if (options.tcp && !options.token) throw new Error('listening on TCP needs a shared token (controller.tokenFile)');
+  }
+
+  /** The TCP address actually bound (port 0 picks one). */
+  get tcpAddress(): { host: string; port: number } | null {
+    return this.#tcpAddress;
+  }
+
+  async listen(): Promise<void> {
+    const { unixPath, tcp } = this.options;
+    if (unixPath) {
+      rmSync(unixPath, { force: true }); // a stale socket of a dead controller
+      const server = createServer((s) => this.#onConnection(s, 'unix'));
+      await listenOn(server, (cb) => server.listen(unixPath, cb));
+      chmodSync(unixPath, 0o600);
+      this.#servers.push(server);
+    }
+    if (tcp) {
+      const server = createServer((s) => this.#onConnection(s, 'tcp'));
+      await listenOn(server, (cb) => server.listen(tcp.port, tcp.host, cb));
+      const a = server.address();
+      if (a && typeof a === 'object') this.#tcpAddress = { host: a.address, port: a.port };
+      this.#servers.push(server);
+    }
+  }
+
+  #onConnection(socket: Socket, transport: 'unix' | 'tcp'): void {
+    socket.on('error', () => undefined);
+    if (transport === 'unix') {
+      const fd = socketFd(socket);
+      let uid: number | undefined;
+      try {
+        uid = fd === undefined ? undefined : peerCredentials(fd).uid;
+      } catch {
+        uid = undefined;
+      }
+      const me = process.getuid?.();
+      if (uid === undefined || (uid !== me && uid !== 0)) {
+        writeJsonLine(socket, { ok: false, code: 'denied', error: `connection refused: peer uid ${uid ?? 'unknown'} is not the controller's user` });
+        socket.end();
+        return;
+      }
+    }
+    const conn: Conn = {
+      socket,
+      transport,
+      authenticated: transport === 'unix',
+      agent: null,
+      agentJob: null,
+      reader: readJsonLines(
+        socket,
+        // small until the peer is an agent (whose reports can be large)
+        MAX_FIRST_LINE_BYTES,
+        (line) => void this.#onLine(conn, line),
+        (limit) => {
+          writeJsonLine(socket, { ok: false, code: 'bad-request', error: `line longer than ${limit} bytes` });
+          socket.end();
+        },
+      ),
+    };
+    this.#conns.add(conn);
+    socket.on('close', () => {
+      this.#conns.delete(conn);
+      if (conn.agent && conn.agentJob) {
+        conn.agent.close('connection closed');
+        this.controller.detachNode(conn.agentJob, conn.agent.node, 'connection closed');
+      }
+    });
+  }
+
+  async #onLine(conn: Conn, line: string): Promise<void> {
+    const parsed = parseJsonLine(line);
+    if (conn.agent) {
+      const problem = parsed.ok ? conn.agent.handleLine(parsed.value) : parsed.error;
+      if (problem) this.#log.warn({ node: conn.agent.node, problem }, 'bad line from agent');
+      return;
+    }
+    const reply = (r: Reply): void => writeJsonLine(conn.socket, r);
+    if (!parsed.ok) return reply({ ok: false, code: 'bad-request', error: parsed.error });
+    const req = ClientRequest.safeParse(parsed.value);
+    const rawId = (parsed.value as { id?: unknown } | null)?.id;
+    const id = typeof rawId === 'number' && Number.isInteger(rawId) && rawId >= 0 ? { id: rawId } : {};
+    if (!req.success) return reply({ ...id, ok: false, code: 'bad-request', error: `bad request: ${zodMessage(req.error)}` });
+    const r = req.data;
+    if (!conn.authenticated) {
+      if (r.op !== 'hello' || !sameToken(r.token, this.options.token ?? '')) {
+        reply({ ...id, ok: false, code: 'denied', error: r.op === 'hello' ? 'wrong token' : 'say hello with the shared token first' });
+        conn.socket.end();
+        return;
+      }
+      conn.authenticated = true;
+      return reply({ ...id, ok: true, result: { hello: 'symbio controller' } });
+    }
+    try {
+      switch (r.op) {
+        case 'hello':
+          return reply({ ...id, ok: true, result: { hello: 'symbio controller' } });
+        case 'jobs':
+          return reply({ ...id, ok: true, result: this.controller.view().jobs });
+        case 'status':
+          return reply({ ...id, ok: true, result: await this.controller.status(r.job) });
+        case 'events': {
+          const job = r.job ?? this.#onlyJob();
+          const events = readEvents(this.controller.options.stateDir, job, { ...(r.since === undefined ? {} : { since: r.since }), ...(r.limit === undefined ? {} : { limit: r.limit }) });
+          return reply({ ...id, ok: true, result: events });
+        }
+        case 'plugins':
+          return reply({ ...id, ok: true, result: this.options.plugins?.() ?? [] });
+        case 'operate': {
+          const rec = await this.controller.request({
+            ...(r.job === undefined ? {} : { job: r.job }),
+            kind: r.kind as OperationKind,
+            requestedBy: 'operator',
+            ...(r.reason === undefined ? {} : { reason: r.reason }),
+            ...(r.timeoutMs === undefined ? {} : { timeoutMs: r.timeoutMs }),
+            ...(r.params === undefined ? {} : { params: r.params }),
+            ...(r.progress ? { onProgress: (op) => writeJsonLine(conn.socket, { ...id, progress: { op: op.id, kind: op.kind, phase: op.phase, timeline: op.phases } }) } : {}),
+          });
+          return reply(rec.ok ? { ...id, ok: true, result: rec } : { ...id, ok: false, code: 'failed', error: `${rec.kind} failed${rec.failedIn ? ` in ${rec.failedIn}` : ''}: ${rec.error ?? 'unknown error'}`, ...{ result: rec } });
+        }
+        case 'agent':
+          return this.#becomeAgent(conn, r, reply, id);
+      }
+    } catch (err) {
+      const refused = err instanceof OperationRefusedError;
+      reply({ ...id, ok: false, code: refused ? 'refused' : 'failed', error: (err as Error).message });
+    }
+  }
+
+  #onlyJob(): string {
+    const ids = this.controller.jobIds();
+    if (ids.length === 1) return ids[0]!;
+    throw new OperationRefusedError(ids.length === 0 ? 'no job known' : `name a job: ${ids.join(', ')}`);
+  }
+
+  #becomeAgent(conn: Conn, r: Extract<ClientRequest, { op: 'agent' }>, reply: (r: Reply) => void, id: { id?: number }): void {
+    if (conn.transport === 'tcp' && !conn.authenticated) throw new OperationRefusedError('say hello first');
+    if (r.register && !this.controller.jobIds().includes(r.job)) {
+      this.controller.registerJob({ id: r.job, command: r.register.command, np: r.register.np, ...(r.register.launcherPid === undefined ? {} : { launcherPid: r.register.launcherPid }) });
+    }
+    const link = new RemoteAgentLink(r.node, conn.socket, this.options.agentCallTimeoutMs ?? 10_000, (exitCode) => this.controller.jobFinished(r.job, exitCode));
+    this.controller.attachNode(r.job, link); // throws (refused) for an unknown job
+    conn.agent = link;
+    conn.agentJob = r.job;
+    conn.reader.limit = MAX_LINE_BYTES;
+    reply({ ...id, ok: true, result: { attached: r.job, node: r.node } });
+    this.#log.info({ job: r.job, node: r.node, transport: conn.transport }, 'agent attached');
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.#conns) c.socket.destroy();
+    await Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    this.#servers.length = 0;
+    if (this.options.unixPath) rmSync(this.options.unixPath, { force: true });
+  }
+}
+
+function listenOn(server: Server, start: (cb: () => void) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    start(() => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}

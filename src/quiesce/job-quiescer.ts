@@ -1,0 +1,280 @@
+/**
+ * Quiesce, freeze and resume one job across every node it runs on. Each node
+ * is a QuiesceParticipant: the embedded agent's own segment, or a remote
+ * agent reached over the controller's socket. The decision is the
+ * coordinator's, over all nodes' snapshots together; the ranks are told
+ * through each participant. On any failure every node is resumed before the
+ * error propagates: a job is never left held by a failed attempt.
+ */
+import { QuiesceCoordinator, slotKey, type QuiesceSummary } from './coordinator.js';
+import type { CatchupTarget, NodeSnapshot, RankSnapshot } from './snapshot.js';
+import type { Logger } from '../log.js';
+
+/** What a participant knows at one moment. */
+export interface ParticipantReport {
+  readonly snapshot: NodeSnapshot;
+  /** Ranks whose process ended (the agent saw it through a pidfd). */
+  readonly exited: readonly { readonly slot: number; readonly pid: number }[];
+}
+
+/** One node of the job, as the quiescer drives it. Times are that node's CLOCK_MONOTONIC ns. */
+export interface QuiesceParticipant {
+  readonly node: string;
+  report(): Promise<ParticipantReport>;
+  /** Publish HOLD at `epoch`; resolves with when it was issued. */
+  hold(epoch: number): Promise<number>;
+  freeze(): Promise<number>;
+  resume(): Promise<number>;
+  setCatchup(slot: number, epoch: number, targets: readonly CatchupTarget[]): Promise<void>;
+  /** Resolves at the node's next rank change, or after `ms`. */
+  nextChange(ms: number): Promise<void>;
+}
+
+export interface PhaseTiming {
+  readonly name: string;
+  readonly ms: number;
+}
+
+export interface QuiesceOutcome {
+  readonly epoch: number;
+  readonly frozen: boolean;
+  /** Request -> every rank held and counters balanced. */
+  readonly quiescentMs: number;
+  /** Request -> every rank frozen (equals quiescentMs when not freezing). */
+  readonly totalMs: number;
+  readonly catchupRounds: number;
+  /** HOLD written -> the last rank frozen, by the ranks' own clocks (max over nodes; null without freeze). */
+  readonly ranksFrozenMs: number | null;
+  readonly summary: QuiesceSummary;
+  readonly phases: readonly PhaseTiming[];
+}
+
+export interface ResumeOutcome {
+  readonly epoch: number;
+  /** RESUME written -> every live rank seen running again. */
+  readonly resumeMs: number;
+  /** RESUME written -> the last rank running, by the ranks' own clocks (max over nodes). */
+  readonly ranksResumedMs: number | null;
+  /** Frozen-interval verification (null when the job was only held). */
+  readonly frozenCheck: { ok: true } | { ok: false; reason: string } | null;
+}
+
+export class QuiesceAbortedError extends Error {
+  constructor(
+    readonly epoch: number,
+    readonly reason: string,
+    readonly kind: 'stalled' | 'refused' | 'timeout' | 'closed',
+  ) {
+    super(`quiesce ${epoch} abandoned (${kind}): ${reason}`);
+    this.name = 'QuiesceAbortedError';
+  }
+}
+
+export interface JobQuiescerOptions {
+  /** A quiesce attempt with no progress for this long is abandoned. */
+  readonly stallMs: number;
+  readonly log: Logger;
+}
+
+const nowMs = (): number => performance.now();
+
+function isLive(r: RankSnapshot): boolean {
+  return r.state !== 'empty' && r.state !== 'finalized' && r.state !== 'detached';
+}
+
+/** ms from each node's issue time to the latest of its ranks' `field` stamps; max over nodes. */
+function lastStampMs(snaps: readonly NodeSnapshot[], issued: ReadonlyMap<string, number>, field: 'frozenNs' | 'resumedNs'): number | null {
+  let best: number | null = null;
+  for (const snap of snaps) {
+    const since = issued.get(snap.node);
+    if (since === undefined) continue;
+    for (const r of snap.ranks) {
+      if (!isLive(r)) continue;
+      const ms = (r[field] - since) / 1e6;
+      if (best === null || ms > best) best = ms;
+    }
+  }
+  return best;
+}
+
+export class JobQuiescer {
+  #participants: QuiesceParticipant[];
+  readonly #coordinator: QuiesceCoordinator;
+  readonly #log: Logger;
+  #busy = false;
+  #closed = false;
+  /** Set while frozen: the snapshots the resume verification compares against. */
+  #frozen: NodeSnapshot[] | null = null;
+  /** Epoch and command of the last order given (the job's state as far as we know). */
+  #epoch = 0;
+  #command: 'run' | 'hold' | 'freeze' = 'run';
+
+  constructor(participants: readonly QuiesceParticipant[], options: JobQuiescerOptions) {
+    this.#participants = [...participants];
+    this.#coordinator = new QuiesceCoordinator({ stallMs: options.stallMs });
+    this.#log = options.log;
+  }
+
+  /** The nodes driven (a node joins when its agent attaches). */
+  setParticipants(participants: readonly QuiesceParticipant[]): void {
+    if (this.#busy) throw new Error('cannot change the nodes of a job while it is being quiesced');
+    this.#participants = [...participants];
+  }
+
+  get participants(): readonly QuiesceParticipant[] {
+    return this.#participants;
+  }
+
+  /** held or frozen by an order of ours, or an attempt under way. */
+  get operating(): boolean {
+    return this.#busy || this.#command !== 'run';
+  }
+
+  get command(): 'run' | 'hold' | 'freeze' {
+    return this.#command;
+  }
+
+  async #reports(): Promise<ParticipantReport[]> {
+    return Promise.all(this.#participants.map((p) => p.report()));
+  }
+
+  async #all<T>(f: (p: QuiesceParticipant) => Promise<T>): Promise<T[]> {
+    return Promise.all(this.#participants.map(f));
+  }
+
+  /** Resolves at the first change on any node, or after ms. */
+  #nextChange(ms: number): Promise<void> {
+    return Promise.race(this.#participants.map((p) => p.nextChange(ms)));
+  }
+
+  /**
+   * Bring every rank on every node to held (and, with freeze, frozen) with
+   * counters balanced across nodes. On any failure all nodes are resumed
+   * before this rejects.
+   */
+  async quiesce(opts: { freeze: boolean; timeoutMs: number }): Promise<QuiesceOutcome> {
+    if (this.#closed) throw new QuiesceAbortedError(0, 'job closed', 'closed');
+    if (this.operating) throw new Error(`the job is already ${this.#busy ? 'being quiesced' : this.#command === 'freeze' ? 'frozen' : 'held'} (resume it first)`);
+    if (this.#participants.length === 0) throw new QuiesceAbortedError(0, 'no agent attached to the job', 'refused');
+    this.#busy = true;
+    const t0 = nowMs();
+    let epoch = 0;
+    try {
+      // One epoch for all nodes: after every node's current one.
+      const before = await this.#reports();
+      epoch = Math.max(this.#epoch, ...before.map((r) => r.snapshot.epoch)) + 1;
+      const holdIssued = new Map<string, number>();
+      this.#command = 'hold';
+      this.#epoch = epoch;
+      await this.#all(async (p) => holdIssued.set(p.node, await p.hold(epoch)));
+      this.#coordinator.begin(epoch, t0);
+      let catchupRounds = 0;
+      let summary: QuiesceSummary | null = null;
+      while (summary === null) {
+        if (this.#closed) throw new QuiesceAbortedError(epoch, 'job closed', 'closed');
+        const now = nowMs();
+        if (now - t0 > opts.timeoutMs) throw new QuiesceAbortedError(epoch, `not quiescent within ${opts.timeoutMs} ms`, 'timeout');
+        const reports = await this.#reports();
+        for (const rep of reports) {
+          const dead = rep.snapshot.ranks.find((r) => isLive(r) && rep.exited.some((e) => e.slot === r.slot && e.pid === r.pid));
+          if (dead) {
+            const where = rep.snapshot.node ? ` on node ${rep.snapshot.node}` : '';
+            throw new QuiesceAbortedError(epoch, `rank ${dead.worldRank} (pid ${dead.pid}${where}) died without finalizing`, 'refused');
+          }
+        }
+        const d = this.#coordinator.evaluate(reports.map((r) => r.snapshot), nowMs());
+        switch (d.kind) {
+          case 'quiescent':
+            summary = d;
+            break;
+          case 'catchup': {
+            catchupRounds++;
+            const byNode = new Map(this.#participants.map((p) => [p.node, p]));
+            const orders: Promise<void>[] = [];
+            for (const [key, targets] of d.targets) {
+              const cut = key.lastIndexOf(':');
+              const p = byNode.get(key.slice(0, cut));
+              if (p) orders.push(p.setCatchup(Number(key.slice(cut + 1)), d.epoch, targets));
+            }
+            await Promise.all(orders);
+            this.#log.debug({ epoch, reason: d.reason }, 'collective catch-up');
+            break;
+          }
+          case 'waiting':
+            await this.#nextChange(10);
+            break;
+          case 'stalled':
+          case 'refused':
+            throw new QuiesceAbortedError(epoch, d.reason, d.kind);
+        }
+      }
+      const tQuiescent = nowMs();
+      const phases: PhaseTiming[] = [{ name: 'hold', ms: tQuiescent - t0 }];
+      let ranksFrozenMs: number | null = null;
+      if (opts.freeze) {
+        this.#command = 'freeze';
+        await this.#all((p) => p.freeze());
+        const frozen = await this.#waitAll(epoch, 'frozen', opts.timeoutMs - (tQuiescent - t0));
+        this.#frozen = frozen;
+        ranksFrozenMs = lastStampMs(frozen, holdIssued, 'frozenNs');
+        phases.push({ name: 'freeze', ms: nowMs() - tQuiescent });
+      }
+      return { epoch, frozen: opts.freeze, quiescentMs: tQuiescent - t0, totalMs: nowMs() - t0, catchupRounds, ranksFrozenMs, summary, phases };
+    } catch (err) {
+      await this.#resumeAll().catch((e: Error) => this.#log.error({ err: e.message }, 'resume after a failed quiesce failed'));
+      throw err;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  async #resumeAll(): Promise<Map<string, number>> {
+    this.#command = 'run';
+    this.#frozen = null;
+    const issued = new Map<string, number>();
+    const results = await Promise.allSettled(this.#participants.map(async (p) => issued.set(p.node, await p.resume())));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason instanceof Error ? failed.reason : new Error(String(failed.reason));
+    return issued;
+  }
+
+  /** Wait until every live rank on every node is in `state` (for this epoch when frozen). */
+  async #waitAll(epoch: number, state: 'frozen' | 'running', timeoutMs: number): Promise<NodeSnapshot[]> {
+    const t0 = nowMs();
+    for (;;) {
+      const snaps = (await this.#reports()).map((r) => r.snapshot);
+      const pending = snaps.flatMap((s) =>
+        s.ranks.filter((r) => isLive(r) && !(r.state === state && (state === 'running' || r.ackEpoch === epoch))),
+      );
+      if (snaps.every((s) => s.consistent) && pending.length === 0) return snaps;
+      if (nowMs() - t0 > timeoutMs) {
+        const who = pending.slice(0, 5).map((r) => `rank ${r.worldRank} ${r.state}`).join(', ');
+        throw new QuiesceAbortedError(epoch, `ranks not ${state} within ${Math.round(timeoutMs)} ms: ${who}`, 'timeout');
+      }
+      await this.#nextChange(10);
+    }
+  }
+
+  /** Let every rank run again; verifies the frozen interval first. */
+  async resume(timeoutMs = 10_000): Promise<ResumeOutcome> {
+    const epoch = this.#epoch;
+    const wasCommand = this.#command;
+    let frozenCheck: ResumeOutcome['frozenCheck'] = null;
+    if (this.#frozen) {
+      const after = (await this.#reports()).map((r) => r.snapshot);
+      frozenCheck = this.#coordinator.verifyFrozen(this.#frozen, after);
+    }
+    const t0 = nowMs();
+    const issued = await this.#resumeAll();
+    if (wasCommand === 'run') return { epoch, resumeMs: 0, ranksResumedMs: null, frozenCheck };
+    const snaps = await this.#waitAll(epoch, 'running', timeoutMs);
+    return { epoch, resumeMs: nowMs() - t0, ranksResumedMs: lastStampMs(snaps, issued, 'resumedNs'), frozenCheck };
+  }
+
+  /** No more attempts; a running attempt ends with 'closed'. Does not resume (the owner does). */
+  close(): void {
+    this.#closed = true;
+  }
+}
+
+export { slotKey };
