@@ -66,8 +66,12 @@ function sortIssues(issues: readonly ConfigIssue[]): ConfigIssue[] {
 
 const IDENT = /^[A-Za-z_$][\w$-]*$/;
 
+/** Longer paths (only pathological nesting) are cut, so that one message stays one line. */
+const MAX_PATH_SHOWN = 12;
+
 /** ['plugins', 1, 'options', 'x'] -> `plugins[1].options.x`; odd keys are quoted. */
 export function formatPath(path: readonly PropertyKey[]): string {
+  if (path.length > MAX_PATH_SHOWN) return `${formatPath(path.slice(0, MAX_PATH_SHOWN))}... (${path.length} levels deep)`;
   let out = '';
   for (const seg of path) {
     if (typeof seg === 'number') out += `[${seg}]`;

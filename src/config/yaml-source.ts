@@ -118,7 +118,8 @@ export function parseYamlSource(text: string, file: string): YamlSource {
     // e.g. "Excessive alias count indicates a resource exhaustion attack"
     throw new ConfigError(file, `invalid YAML: ${(err as Error).message}`, { cause: err });
   }
-, per mapping, built when first needed (the last pair with a key is the one toJS kept)
+
+  // key -> pair, per mapping, built when first needed (the last pair with a key is the one toJS kept)
   const index = new WeakMap<YAMLMap, Map<string, Pair>>();
   const pairOf = (map: YAMLMap, key: string): Pair | undefined => {
     let m = index.get(map);

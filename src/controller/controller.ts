@@ -120,7 +120,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
       queue: new PQueue({ concurrency: 1 }),
       current: null,
       held: null,
-      journal: new JobJournal(this.options.stateDir, desc.id),
+      journal: new JobJournal(this.options.stateDir, desc.id, (m) => log.error(m + ' (the journal is incomplete from here on)')),
       lastCheckpoint: null,
       measured: { checkpointMs: [], restartMs: [] },
       log,

@@ -36,8 +36,14 @@ export class JobJournal {
   readonly dir: string;
   readonly eventsFile: string;
   readonly operationsFile: string;
+  /** The first write error (disk full, directory removed): reported once, never thrown. */
+  writeError: string | null = null;
 
-  constructor(stateDir: string, readonly job: string) {
+  constructor(
+    stateDir: string,
+    readonly job: string,
+    private readonly onWriteError: (message: string) => void = () => undefined,
+  ) {
     this.dir = jobDir(stateDir, job);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     this.eventsFile = join(this.dir, 'events.jsonl');
@@ -46,12 +52,25 @@ export class JobJournal {
 
   event(type: string, data: Record<string, unknown> = {}): JournalEvent {
     const e: JournalEvent = { at: Date.now(), type, job: this.job, ...data };
-    appendFileSync(this.eventsFile, JSON.stringify(e) + '\n', { mode: 0o600 });
+    this.#append(this.eventsFile, e);
     return e;
   }
 
   operation(record: object): void {
-    appendFileSync(this.operationsFile, JSON.stringify(record) + '\n', { mode: 0o600 });
+    this.#append(this.operationsFile, record);
+  }
+
+  // A journal that cannot be written must not take the job down with it:
+  // the job and its operations matter more than their record.
+  #append(file: string, value: unknown): void {
+    try {
+      appendFileSync(file, JSON.stringify(value) + '\n', { mode: 0o600 });
+    } catch (err) {
+      if (this.writeError === null) {
+        this.writeError = `cannot write ${file}: ${(err as Error).message}`;
+        this.onWriteError(this.writeError);
+      }
+    }
   }
 }
 
