@@ -20,6 +20,7 @@ import { parseYamlSource, type YamlSource } from '../config/yaml-source.js';
 import { packageRoot } from '../util/package-root.js';
 import { PLUGIN_API_VERSION, type FailurePolicy, type PluginDefinition } from './plugin-api.js';
 import { PluginLoadError, type ConfiguredPlugin } from './plugin-driver.js';
+import { makeSymbioResolvable } from './symbio-resolve.js';
 
 export interface LoadedPluginEntry {
   /** The `use:` string as written. */
@@ -202,6 +203,8 @@ function checkOptions(ctx: EntryContext, plugin: PluginDefinition, options: unkn
 export async function loadPlugins(config: SymbioConfig, opts: LoadPluginsOptions): Promise<LoadedPluginEntry[]> {
   const file = opts.source ?? '(configuration)';
   const out: LoadedPluginEntry[] = [];
+  // plugins outside this package import 'symbio' too: let that resolve to us
+  if (config.plugins.some((p) => p.enabled)) makeSymbioResolvable();
   const byName = new Map<string, number>();
   for (const [index, entry] of config.plugins.entries()) {
     if (!entry.enabled) continue;

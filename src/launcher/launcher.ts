@@ -175,6 +175,15 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
       });
       await server.listen();
       plugins = (await opts.startPlugins?.(controller)) ?? null;
+      const host = plugins;
+      if (host) {
+        // A rank that exits without MPI_Finalize is a failure the policies hear of (once per process).
+        agent.on('rank-exit', (r) => {
+          const slot = agent.snapshot().ranks.find((x) => x.slot === r.slot && x.pid === r.pid);
+          if (slot?.state === 'finalized') return;
+          void host.failure({ kind: 'rank-dead', job: jobId, host: hostname(), message: `rank ${r.worldRank} (pid ${r.pid}) exited without finalizing`, at: Date.now() });
+        });
+      }
     }
     writeDescription(description, { jobId, pid: process.pid, socket, segment: agent.segmentName, startedAt: new Date().toISOString(), command });
     jlog.info({ np, segment: agent.segmentName, socket }, 'starting job');
