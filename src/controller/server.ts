@@ -56,6 +56,8 @@ function socketFd(s: Socket): number | undefined {
 export class ControllerServer {
   readonly #servers: Server[] = [];
   readonly #conns = new Set<Conn>();
+  /** Every open socket, served or not: close() must not wait for any of them. */
+  readonly #sockets = new Set<Socket>();
   readonly #log: Logger;
   #tcpAddress: { host: string; port: number } | null = null;
 
@@ -92,6 +94,8 @@ export class ControllerServer {
 
   #onConnection(socket: Socket, transport: 'unix' | 'tcp'): void {
     socket.on('error', () => undefined);
+    this.#sockets.add(socket);
+    socket.on('close', () => this.#sockets.delete(socket));
     if (transport === 'unix') {
       const fd = socketFd(socket);
       let uid: number | undefined;
@@ -103,7 +107,11 @@ export class ControllerServer {
       const me = process.getuid?.();
       if (uid === undefined || (uid !== me && uid !== 0)) {
         writeJsonLine(socket, { ok: false, code: 'denied', error: `connection refused: peer uid ${uid ?? 'unknown'} is not the controller's user` });
+        // Half-close after the reply; read and drop what the peer still sends (so
+        // it reads our reply rather than a broken pipe), and do not wait long.
         socket.end();
+        socket.resume();
+        setTimeout(() => socket.destroy(), 1_000).unref();
         return;
       }
     }
@@ -214,7 +222,7 @@ export class ControllerServer {
   }
 
   async close(): Promise<void> {
-    for (const c of this.#conns) c.socket.destroy();
+    for (const s of this.#sockets) s.destroy();
     await Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     this.#servers.length = 0;
     if (this.options.unixPath) rmSync(this.options.unixPath, { force: true });
