@@ -3,9 +3,11 @@
  * on stdout. Progress and logs go to stderr.
  */
 import { benchShim } from './shim.js';
+import { benchHost } from './host.js';
 
 const benches: Record<string, () => Promise<unknown>> = {
   shim: () => benchShim(),
+  host: () => benchHost(),
 };
 
 const names = process.argv.slice(2);

@@ -12,7 +12,8 @@ import type { Socket } from 'node:net';
 import { controllerRequestOn, describeAddress, openConnection, type ControllerAddress } from '../controller/client.js';
 import { parseJsonLine, readJsonLines, writeJsonLine } from '../util/json-lines.js';
 import { MAX_LINE_BYTES } from '../controller/protocol.js';
-import { toSparse } from '../quiesce/snapshot.js';
+import { sumCounts } from '../quiesce/snapshot.js';
+import { encodeReport } from '../quiesce/wire.js';
 import type { NodeAgent } from './node-agent.js';
 import type { Logger } from '../log.js';
 
@@ -25,6 +26,12 @@ export interface ControllerSessionOptions {
   readonly log: Logger;
   /** First delay between reconnect attempts, ms (doubles up to 5 s). */
   readonly retryMs?: number;
+  /** Period of the compact counter heartbeat, ms. */
+  readonly heartbeatMs?: number;
+}
+
+function live(state: string): boolean {
+  return state !== 'empty' && state !== 'finalized' && state !== 'detached';
 }
 
 export class ControllerSession {
@@ -32,6 +39,9 @@ export class ControllerSession {
   #closed = false;
   #changePending = false;
   #connectedOnce = false;
+  /** The last pushed report showed an operation under way (so the settling back to running is pushed too). */
+  #lastPushActive = false;
+  #heartbeat: NodeJS.Timeout | null = null;
   readonly #onChange = (): void => this.#pushChanged();
 
   constructor(
@@ -63,6 +73,8 @@ export class ControllerSession {
     this.#connectedOnce = true;
     this.#socket = s;
     this.options.log.info({ controller: describeAddress(address), job, node }, 'attached to controller');
+    this.#heartbeat ??= setInterval(() => this.#pushHeartbeat(), this.options.heartbeatMs ?? 1_000);
+    this.#heartbeat.unref();
     const reader = readJsonLines(s, MAX_LINE_BYTES, (line) => void this.#onCall(s, line), () => s.destroy());
     if (hello.rest) reader.push(hello.rest);
     s.on('close', () => this.#onDrop(s));
@@ -74,8 +86,32 @@ export class ControllerSession {
     this.#changePending = true;
     setImmediate(() => {
       this.#changePending = false;
-      if (this.#socket) writeJsonLine(this.#socket, { event: 'changed' });
+      this.#pushReport(false);
     });
+  }
+
+  /**
+   * Full reports go out while an operation is under way (a command other
+   * than run, or ranks not yet back to running) and once more when it has
+   * settled: the controller decides from them without asking each round.
+   * Otherwise only the heartbeat carries counters.
+   */
+  #pushReport(always: boolean): void {
+    const s = this.#socket;
+    if (!s || this.agent.segment.closed) return;
+    const r = this.agent.snapshot();
+    const active = r.command !== 'run' || r.ranks.some((x) => live(x.state) && x.state !== 'running');
+    if (always || active || this.#lastPushActive) {
+      writeJsonLine(s, { event: 'report', report: encodeReport({ snapshot: r, exited: [...this.agent.exited.values()].map((x) => ({ slot: x.slot, pid: x.pid })) }) });
+    }
+    this.#lastPushActive = active;
+  }
+
+  #pushHeartbeat(): void {
+    const s = this.#socket;
+    if (!s || this.agent.segment.closed) return;
+    const ranks = this.agent.snapshot().ranks.filter((x) => x.state !== 'empty').map((x) => [x.worldRank, x.state, sumCounts(x.sent), sumCounts(x.recvd)]);
+    writeJsonLine(s, { event: 'heartbeat', at: Date.now(), ranks });
   }
 
   async #onCall(s: Socket, line: string): Promise<void> {
@@ -86,11 +122,9 @@ export class ControllerSession {
     try {
       let result: unknown;
       switch (call.call) {
-        case 'report': {
-          const r = await this.agent.report();
-          result = { ...r, snapshot: { ...r.snapshot, ranks: r.snapshot.ranks.map((x) => ({ ...x, sent: toSparse(x.sent), recvd: toSparse(x.recvd) })) } };
+        case 'report':
+          result = encodeReport(await this.agent.report());
           break;
-        }
         case 'hold':
           if (typeof call.epoch !== 'number') throw new Error('hold needs an epoch');
           result = await this.agent.hold(call.epoch);
@@ -110,6 +144,8 @@ export class ControllerSession {
           throw new Error(`unknown call ${JSON.stringify(call.call)}`);
       }
       writeJsonLine(s, { id, ok: true, result });
+      // after a command, the controller waits for the ranks to follow it: tell it at once
+      if (call.call === 'hold' || call.call === 'freeze' || call.call === 'resume' || call.call === 'setCatchup') this.#pushReport(true);
     } catch (err) {
       writeJsonLine(s, { id, ok: false, error: (err as Error).message });
     }
@@ -148,6 +184,7 @@ export class ControllerSession {
 
   close(): void {
     this.#closed = true;
+    if (this.#heartbeat) clearInterval(this.#heartbeat);
     this.agent.off('changed', this.#onChange);
     const s = this.#socket;
     this.#socket = null;

@@ -61,7 +61,6 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> implements QuiesceP
   /** Quiesces this node alone (the embedded case); a controller uses its own JobQuiescer over agents. */
   private readonly quiescer: JobQuiescer;
   private readonly log: Logger;
-  private changeWaiters: Array<() => void> = [];
   private closed = false;
 
   constructor(options: NodeAgentOptions) {
@@ -108,9 +107,6 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> implements QuiesceP
     }
     // every event may change what a waiting operation sees
     this.emit('changed');
-    const waiters = this.changeWaiters;
-    this.changeWaiters = [];
-    for (const w of waiters) w();
   }
 
   // ---- QuiesceParticipant: this node's segment, for a JobQuiescer (ours or a controller's) ----
@@ -142,16 +138,9 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> implements QuiesceP
     this.segment.setCatchup(slot, epoch, targets);
   }
 
-  /** Resolves on the next change from the ranks, or after `ms`. */
-  nextChange(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done(): void {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.changeWaiters.push(done);
-    });
+  subscribe(listener: () => void): () => void {
+    this.on('changed', listener);
+    return () => this.off('changed', listener);
   }
 
   // ---- the embedded case: this node is the whole job ----
@@ -204,9 +193,7 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> implements QuiesceP
       if (this.segment.command().command !== 'run') this.segment.resume();
     } finally {
       this.segment.close();
-      const waiters = this.changeWaiters;
-      this.changeWaiters = [];
-      for (const w of waiters) w();
+      this.emit('changed'); // a waiting quiesce sees the end at once
     }
   }
 }

@@ -63,17 +63,14 @@ export type AgentCall =
   | { readonly id: number; readonly call: 'resume' }
   | { readonly id: number; readonly call: 'setCatchup'; readonly slot: number; readonly epoch: number; readonly targets: readonly { gid: string; target: number }[] };
 
-/** Agent -> controller pushes. */
-export const AgentPush = z.discriminatedUnion('event', [
-  z.object({ event: z.literal('changed') }).strict(),
-  z.object({ event: z.literal('finished'), exitCode: z.number().int() }).strict(),
-]);
-
-/** Agent -> controller answers to calls. */
-export const AgentAnswer = z.union([
-  z.object({ id: z.number().int(), ok: z.literal(true), result: z.unknown() }).strict(),
-  z.object({ id: z.number().int(), ok: z.literal(false), error: z.string() }).strict(),
-]);
+/**
+ * Agent -> controller pushes (checked by hand in RemoteAgentLink, the hot path):
+ *  {event:'report', report: WireReport}   while an operation is under way, every change; and after each command
+ *  {event:'heartbeat', at, ranks: [worldRank, state, sent, received][]}   always, every heartbeat period
+ *  {event:'changed'}                      a change, without the report
+ *  {event:'finished', exitCode}           the job ended
+ * and answers to calls: {id, ok: true, result} | {id, ok: false, error}.
+ */
 
 /** Longest line accepted: a report of a node with many ranks (sparse counters) fits. */
 export const MAX_LINE_BYTES = 16 * 1024 * 1024;

@@ -82,6 +82,10 @@ function entryParts(entry: HookEntry): { fn: HookFunction; order: 'pre' | 'norma
   return { fn: entry.handler, order: entry.order ?? 'normal', ...(entry.timeoutMs === undefined ? {} : { timeoutMs: entry.timeoutMs }) };
 }
 
+function isThenable<T>(v: T | Promise<T>): v is Promise<T> {
+  return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof (v as { then?: unknown }).then === 'function';
+}
+
 export class PluginDriver {
   private loaded: Loaded[] = [];
 
@@ -159,20 +163,29 @@ export class PluginDriver {
   }
 
   private withTimeout<T>(plugin: string, hook: string, ms: number, call: () => T | Promise<T>): Promise<T> {
+    const wrap = (err: unknown): PluginHookError =>
+      err instanceof PluginHookError ? err : new PluginHookError(plugin, hook, err instanceof Error ? err.message : String(err), { cause: err });
+    let value: T | Promise<T>;
+    try {
+      value = call();
+    } catch (err) {
+      return Promise.reject(wrap(err));
+    }
+    // A hook that answered synchronously cannot be late: no timer for it
+    // (most observers; a timer per call was most of the dispatch cost).
+    if (!isThenable(value)) return Promise.resolve(value);
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => reject(new PluginHookError(plugin, hook, `no answer within ${ms} ms`)), ms);
-      Promise.resolve()
-        .then(call)
-        .then(
-          (v) => {
-            clearTimeout(timer);
-            resolve(v);
-          },
-          (err: unknown) => {
-            clearTimeout(timer);
-            reject(err instanceof PluginHookError ? err : new PluginHookError(plugin, hook, err instanceof Error ? err.message : String(err), { cause: err }));
-          },
-        );
+      value.then(
+        (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          reject(wrap(err));
+        },
+      );
     });
   }
 

@@ -113,8 +113,12 @@ interface Inspection {
   received: number;
   drainedNow: number;
   drainedTotal: number;
-  /** Progress fingerprint per rank/node (see `#inspect`), for stall detection. */
-  fingerprint: Map<string, string>;
+  /**
+   * Progress fingerprint of everything (see `#inspect`), for stall detection:
+   * a hash, since only "did anything move" matters, and at 10^4 ranks
+   * building a string per rank cost more than the rest of the inspection.
+   */
+  fingerprint: number;
 }
 
 const LIST_MAX = 3;
@@ -142,7 +146,7 @@ export class QuiesceCoordinator {
   #epoch: number | undefined;
   #beganMs = 0;
   #lastChangeMs = 0;
-  #fingerprint = new Map<string, string>();
+  #fingerprint = 0;
   /** key -> gid -> target already handed to the caller in this attempt. */
   #emitted = new Map<string, Map<string, number>>();
 
@@ -170,7 +174,7 @@ export class QuiesceCoordinator {
     this.#epoch = epoch;
     this.#beganMs = nowMs;
     this.#lastChangeMs = nowMs;
-    this.#fingerprint = new Map();
+    this.#fingerprint = 0;
     this.#emitted = new Map();
   }
 
@@ -181,7 +185,7 @@ export class QuiesceCoordinator {
     // Waiting for a rank that already resumed by itself would only end in a stall.
     if (ins.abandoned !== undefined) return { kind: 'stalled', reason: ins.abandoned, idleMs: 0 };
 
-    if (!sameMap(ins.fingerprint, this.#fingerprint)) this.#lastChangeMs = nowMs;
+    if (ins.fingerprint !== this.#fingerprint) this.#lastChangeMs = nowMs;
     this.#fingerprint = ins.fingerprint;
 
     // A torn copy can mix old and new values: decide nothing from it.
@@ -316,13 +320,13 @@ export class QuiesceCoordinator {
       received: 0,
       drainedNow: 0,
       drainedTotal: 0,
-      fingerprint: new Map(),
+      fingerprint: 0x811c9dc5,
     };
     const wantCommand = phase === 'hold' ? 'hold' : 'freeze';
 
     for (const node of snapshots) {
       if (!node.consistent) ins.inconsistent.push(node.node);
-      ins.fingerprint.set(`node ${node.node}`, `${node.epoch}|${node.command}`);
+      ins.fingerprint = mix(mix(mix(ins.fingerprint, hashString(node.node)), node.epoch), COMMAND_CODE[node.command] ?? 9);
       if (ins.nodeProblem === undefined) {
         if (node.epoch !== epoch) {
           ins.nodeProblem = `node ${JSON.stringify(node.node)} is at epoch ${node.epoch}, not ${epoch}`;
@@ -448,12 +452,11 @@ export class QuiesceCoordinator {
       // Not pmpiCalls: a held rank polls MPI forever, which is not progress.
       let seqs = 0;
       for (const c of r.comms) seqs += c.seq;
-      ins.fingerprint.set(
-        slotKey(r.node, r.slot),
-        `${r.pid}|${r.state}|${r.ackEpoch}|${r.changeSeq}|${r.inCollective ? 1 : 0}|` +
-          `${r.pendingSends}|${r.pendingRecvs}|${r.pendingColls}|${r.drainedNow}|${r.drainedTotal}|` +
-          `${sumSent}|${sumRecvd}|${seqs}`,
-      );
+      let h = ins.fingerprint;
+      for (const v of [r.slot, r.pid, STATE_CODE[r.state] ?? 9, r.ackEpoch, r.changeSeq, r.inCollective ? 1 : 0, r.pendingSends, r.pendingRecvs, r.pendingColls, r.drainedNow, r.drainedTotal, sumSent, sumRecvd, seqs]) {
+        h = mix(h, v);
+      }
+      ins.fingerprint = h;
     }
     return ins;
   }
@@ -499,8 +502,19 @@ function nodeList(nodes: readonly string[]): string {
   return (nodes.length === 1 ? 'node ' : 'nodes ') + listed(nodes.map((n) => JSON.stringify(n)));
 }
 
-function sameMap(a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string>): boolean {
-  if (a.size !== b.size) return false;
-  for (const [k, v] of a) if (b.get(k) !== v) return false;
-  return true;
+const STATE_CODE: Record<string, number> = { empty: 0, running: 1, held: 2, catchup: 3, frozen: 4, finalized: 5, detached: 6 };
+const COMMAND_CODE: Record<string, number> = { run: 0, hold: 1, freeze: 2 };
+
+/** FNV-1a-style mixing of one number (its low and high 32 bits) into a 32-bit hash. */
+function mix(h: number, v: number): number {
+  const lo = v | 0;
+  const hi = Math.floor(v / 4294967296) | 0;
+  h = Math.imul(h ^ lo, 0x01000193);
+  return Math.imul(h ^ hi, 0x01000193);
+}
+
+function hashString(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h;
 }

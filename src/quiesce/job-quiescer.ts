@@ -20,14 +20,15 @@ export interface ParticipantReport {
 /** One node of the job, as the quiescer drives it. Times are that node's CLOCK_MONOTONIC ns. */
 export interface QuiesceParticipant {
   readonly node: string;
-  report(): Promise<ParticipantReport>;
+  /** The node's ranks now (`fresh`), or as last reported when that is cheaper and may be a little old. */
+  report(fresh?: boolean): Promise<ParticipantReport>;
   /** Publish HOLD at `epoch`; resolves with when it was issued. */
   hold(epoch: number): Promise<number>;
   freeze(): Promise<number>;
   resume(): Promise<number>;
   setCatchup(slot: number, epoch: number, targets: readonly CatchupTarget[]): Promise<void>;
-  /** Resolves at the node's next rank change, or after `ms`. */
-  nextChange(ms: number): Promise<void>;
+  /** Calls `listener` on every change of the node's ranks until the returned function is called. */
+  subscribe(listener: () => void): () => void;
 }
 
 export interface PhaseTiming {
@@ -43,6 +44,12 @@ export interface QuiesceOutcome {
   /** Request -> every rank frozen (equals quiescentMs when not freezing). */
   readonly totalMs: number;
   readonly catchupRounds: number;
+  /**
+   * The controller's own share: from the last change any node reported
+   * before the verdict (or from HOLD, if none came after it) to the verdict.
+   * The rest of quiescentMs is the ranks and the network.
+   */
+  readonly decisionMs: number;
   /** HOLD written -> the last rank frozen, by the ranks' own clocks (max over nodes; null without freeze). */
   readonly ranksFrozenMs: number | null;
   readonly summary: QuiesceSummary;
@@ -98,7 +105,14 @@ function lastStampMs(snaps: readonly NodeSnapshot[], issued: ReadonlyMap<string,
 }
 
 export class JobQuiescer {
-  #participants: QuiesceParticipant[];
+  #participants: QuiesceParticipant[] = [];
+  #unsubscribe: Array<() => void> = [];
+  /** Resolves the current wait for a change (one at a time). */
+  #changed: (() => void) | null = null;
+  /** How long the last evaluation took: at scale, wait that long again for changes to batch up. */
+  #lastEvalMs = 0;
+  /** performance.now() of the last change any node reported. */
+  #lastChangeAt = 0;
   readonly #coordinator: QuiesceCoordinator;
   readonly #log: Logger;
   #busy = false;
@@ -110,7 +124,7 @@ export class JobQuiescer {
   #command: 'run' | 'hold' | 'freeze' = 'run';
 
   constructor(participants: readonly QuiesceParticipant[], options: JobQuiescerOptions) {
-    this.#participants = [...participants];
+    this.#attach(participants);
     this.#coordinator = new QuiesceCoordinator({ stallMs: options.stallMs });
     this.#log = options.log;
   }
@@ -118,7 +132,18 @@ export class JobQuiescer {
   /** The nodes driven (a node joins when its agent attaches). */
   setParticipants(participants: readonly QuiesceParticipant[]): void {
     if (this.#busy) throw new Error('cannot change the nodes of a job while it is being quiesced');
+    this.#attach(participants);
+  }
+
+  #attach(participants: readonly QuiesceParticipant[]): void {
+    for (const u of this.#unsubscribe) u();
     this.#participants = [...participants];
+    // One listener per node for the quiescer's whole life: no per-wait registration at scale.
+    const onChange = (): void => {
+      this.#lastChangeAt = nowMs();
+      this.#changed?.();
+    };
+    this.#unsubscribe = this.#participants.map((p) => p.subscribe(onChange));
   }
 
   get participants(): readonly QuiesceParticipant[] {
@@ -134,17 +159,31 @@ export class JobQuiescer {
     return this.#command;
   }
 
-  async #reports(): Promise<ParticipantReport[]> {
-    return Promise.all(this.#participants.map((p) => p.report()));
+  async #reports(fresh = false): Promise<ParticipantReport[]> {
+    return Promise.all(this.#participants.map((p) => p.report(fresh)));
   }
 
   async #all<T>(f: (p: QuiesceParticipant) => Promise<T>): Promise<T[]> {
     return Promise.all(this.#participants.map(f));
   }
 
-  /** Resolves at the first change on any node, or after ms. */
-  #nextChange(ms: number): Promise<void> {
-    return Promise.race(this.#participants.map((p) => p.nextChange(ms)));
+  /**
+   * Resolves at the first change on any node, or after ms. When evaluating
+   * has become expensive (many ranks), it first lets changes pile up for about
+   * as long as an evaluation takes, so a burst of reports is judged once.
+   */
+  async #nextChange(ms: number): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      const self = this;
+      function done(): void {
+        clearTimeout(timer);
+        if (self.#changed === done) self.#changed = null;
+        resolve();
+      }
+      this.#changed = done;
+    });
+    if (this.#lastEvalMs > 1) await new Promise((r) => setTimeout(r, Math.min(20, 2 * this.#lastEvalMs)));
   }
 
   /**
@@ -167,6 +206,7 @@ export class JobQuiescer {
       this.#command = 'hold';
       this.#epoch = epoch;
       await this.#all(async (p) => holdIssued.set(p.node, await p.hold(epoch)));
+      const tHold = nowMs();
       this.#coordinator.begin(epoch, t0);
       let catchupRounds = 0;
       let summary: QuiesceSummary | null = null;
@@ -182,7 +222,9 @@ export class JobQuiescer {
             throw new QuiesceAbortedError(epoch, `rank ${dead.worldRank} (pid ${dead.pid}${where}) died without finalizing`, 'refused');
           }
         }
-        const d = this.#coordinator.evaluate(reports.map((r) => r.snapshot), nowMs());
+        const e0 = nowMs();
+        const d = this.#coordinator.evaluate(reports.map((r) => r.snapshot), e0);
+        this.#lastEvalMs = nowMs() - e0;
         switch (d.kind) {
           case 'quiescent':
             summary = d;
@@ -209,6 +251,7 @@ export class JobQuiescer {
         }
       }
       const tQuiescent = nowMs();
+      const decisionMs = tQuiescent - Math.max(this.#lastChangeAt, tHold);
       const phases: PhaseTiming[] = [{ name: 'hold', ms: tQuiescent - t0 }];
       let ranksFrozenMs: number | null = null;
       if (opts.freeze) {
@@ -219,7 +262,7 @@ export class JobQuiescer {
         ranksFrozenMs = lastStampMs(frozen, holdIssued, 'frozenNs');
         phases.push({ name: 'freeze', ms: nowMs() - tQuiescent });
       }
-      return { epoch, frozen: opts.freeze, quiescentMs: tQuiescent - t0, totalMs: nowMs() - t0, catchupRounds, ranksFrozenMs, summary, phases };
+      return { epoch, frozen: opts.freeze, quiescentMs: tQuiescent - t0, totalMs: nowMs() - t0, catchupRounds, decisionMs, ranksFrozenMs, summary, phases };
     } catch (err) {
       await this.#resumeAll().catch((e: Error) => this.#log.error({ err: e.message }, 'resume after a failed quiesce failed'));
       throw err;
@@ -261,7 +304,8 @@ export class JobQuiescer {
     const wasCommand = this.#command;
     let frozenCheck: ResumeOutcome['frozenCheck'] = null;
     if (this.#frozen) {
-      const after = (await this.#reports()).map((r) => r.snapshot);
+      // fresh: nothing changes while frozen, so no report was pushed since the frozen one
+      const after = (await this.#reports(true)).map((r) => r.snapshot);
       frozenCheck = this.#coordinator.verifyFrozen(this.#frozen, after);
     }
     const t0 = nowMs();
@@ -274,6 +318,9 @@ export class JobQuiescer {
   /** No more attempts; a running attempt ends with 'closed'. Does not resume (the owner does). */
   close(): void {
     this.#closed = true;
+    for (const u of this.#unsubscribe) u();
+    this.#unsubscribe = [];
+    this.#changed?.();
   }
 }
 
