@@ -16,7 +16,7 @@
 import { basename } from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { definePlugin, PLUGIN_API_VERSION, type HealthEvent, type Severity } from '../../src/index.js';
+import { type HealthEvent, type Severity } from '../../src/index.js';
 import {
   baseOptionShape,
   commandOptionShape,
@@ -30,6 +30,7 @@ import {
   type Condition,
   type Monitor,
   type MonitorDeps,
+  monitorPlugin,
 } from './common.js';
 
 const NAME = 'command';
@@ -217,14 +218,4 @@ export function createCommandMonitor(opts: CommandOptions, deps: MonitorDeps = {
   };
 }
 
-export default definePlugin({
-  name: NAME,
-  version: '1.0.0',
-  apiVersion: PLUGIN_API_VERSION,
-  kind: 'health-monitor',
-  configSchema: commandOptionsSchema,
-  setup(ctx) {
-    const m = createCommandMonitor(ctx.options, { log: ctx.log, signal: ctx.signal });
-    return { sample: () => m.sample() };
-  },
-});
+export default monitorPlugin(NAME, commandOptionsSchema, createCommandMonitor);

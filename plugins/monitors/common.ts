@@ -10,7 +10,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename } from 'node:path';
 import { z } from 'zod';
-import type { HealthEvent, PluginContext, Severity } from '../../src/index.js';
+import { definePlugin, PLUGIN_API_VERSION, type HealthEvent, type PluginContext, type Severity } from '../../src/index.js';
 
 /** The plugin logger (pino), as handed to setup. */
 export type MonitorLog = PluginContext<unknown>['log'];
@@ -413,4 +413,22 @@ export function formatDuration(ms: number): string {
 /** A number for messages: at most `digits` decimals, no trailing zeros. */
 export function fmt(n: number, digits = 1): string {
   return String(Number(n.toFixed(digits)));
+}
+
+/**
+ * A monitor as a plugin: every built-in monitor is a `create...Monitor(options,
+ * deps)` (what tests drive with a fake clock) wrapped the same way.
+ */
+export function monitorPlugin<S extends z.ZodType>(name: string, configSchema: S, create: (options: z.output<S>, deps: MonitorDeps) => Monitor) {
+  return definePlugin({
+    name,
+    version: '1.0.0',
+    apiVersion: PLUGIN_API_VERSION,
+    kind: 'health-monitor',
+    configSchema,
+    setup(ctx) {
+      const m = create(ctx.options, { log: ctx.log, signal: ctx.signal });
+      return { sample: () => m.sample() };
+    },
+  });
 }

@@ -12,7 +12,7 @@
  */
 import { join } from 'node:path';
 import { z } from 'zod';
-import { definePlugin, PLUGIN_API_VERSION, type HealthEvent } from '../../src/index.js';
+import { type HealthEvent } from '../../src/index.js';
 import {
   baseOptionShape,
   ConditionGate,
@@ -26,6 +26,7 @@ import {
   type Condition,
   type Monitor,
   type MonitorDeps,
+  monitorPlugin,
 } from './common.js';
 
 const NAME = 'edac';
@@ -299,14 +300,4 @@ export function createEdacMonitor(opts: EdacOptions, deps: MonitorDeps = {}): Mo
   };
 }
 
-export default definePlugin({
-  name: NAME,
-  version: '1.0.0',
-  apiVersion: PLUGIN_API_VERSION,
-  kind: 'health-monitor',
-  configSchema: edacOptionsSchema,
-  setup(ctx) {
-    const m = createEdacMonitor(ctx.options, { log: ctx.log, signal: ctx.signal });
-    return { sample: () => m.sample() };
-  },
-});
+export default monitorPlugin(NAME, edacOptionsSchema, createEdacMonitor);

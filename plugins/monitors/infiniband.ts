@@ -12,7 +12,7 @@
  */
 import { join } from 'node:path';
 import { z } from 'zod';
-import { definePlugin, PLUGIN_API_VERSION, type HealthEvent } from '../../src/index.js';
+import { type HealthEvent } from '../../src/index.js';
 import {
   baseOptionShape,
   ConditionGate,
@@ -25,6 +25,7 @@ import {
   type Condition,
   type Monitor,
   type MonitorDeps,
+  monitorPlugin,
 } from './common.js';
 
 const NAME = 'infiniband';
@@ -265,14 +266,4 @@ export function createInfinibandMonitor(opts: InfinibandOptions, deps: MonitorDe
   };
 }
 
-export default definePlugin({
-  name: NAME,
-  version: '1.0.0',
-  apiVersion: PLUGIN_API_VERSION,
-  kind: 'health-monitor',
-  configSchema: infinibandOptionsSchema,
-  setup(ctx) {
-    const m = createInfinibandMonitor(ctx.options, { log: ctx.log, signal: ctx.signal });
-    return { sample: () => m.sample() };
-  },
-});
+export default monitorPlugin(NAME, infinibandOptionsSchema, createInfinibandMonitor);

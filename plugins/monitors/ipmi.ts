@@ -10,7 +10,7 @@
  *   sel:   "   1a | 05/12/2021 | 08:13:47 | Memory #0xd0 | Uncorrectable ECC | Asserted"
  */
 import { z } from 'zod';
-import { definePlugin, PLUGIN_API_VERSION, type HealthEvent, type Severity } from '../../src/index.js';
+import { type HealthEvent, type Severity } from '../../src/index.js';
 import {
   baseOptionShape,
   commandOptionShape,
@@ -20,6 +20,7 @@ import {
   type Condition,
   type Monitor,
   type MonitorDeps,
+  monitorPlugin,
 } from './common.js';
 
 const NAME = 'ipmi';
@@ -318,14 +319,4 @@ export function createIpmiMonitor(opts: IpmiOptions, deps: MonitorDeps = {}): Mo
   };
 }
 
-export default definePlugin({
-  name: NAME,
-  version: '1.0.0',
-  apiVersion: PLUGIN_API_VERSION,
-  kind: 'health-monitor',
-  configSchema: ipmiOptionsSchema,
-  setup(ctx) {
-    const m = createIpmiMonitor(ctx.options, { log: ctx.log, signal: ctx.signal });
-    return { sample: () => m.sample() };
-  },
-});
+export default monitorPlugin(NAME, ipmiOptionsSchema, createIpmiMonitor);

@@ -10,7 +10,7 @@
  * taken as "no limit", and alarm flags are not trusted on their own.
  */
 import { z } from 'zod';
-import { definePlugin, PLUGIN_API_VERSION, type HealthEvent } from '../../src/index.js';
+import { type HealthEvent } from '../../src/index.js';
 import {
   baseOptionShape,
   commandOptionShape,
@@ -23,6 +23,7 @@ import {
   type Condition,
   type Monitor,
   type MonitorDeps,
+  monitorPlugin,
 } from './common.js';
 
 const NAME = 'lm-sensors';
@@ -201,14 +202,4 @@ export function createLmSensorsMonitor(opts: LmSensorsOptions, deps: MonitorDeps
   };
 }
 
-export default definePlugin({
-  name: NAME,
-  version: '1.0.0',
-  apiVersion: PLUGIN_API_VERSION,
-  kind: 'health-monitor',
-  configSchema: lmSensorsOptionsSchema,
-  setup(ctx) {
-    const m = createLmSensorsMonitor(ctx.options, { log: ctx.log, signal: ctx.signal });
-    return { sample: () => m.sample() };
-  },
-});
+export default monitorPlugin(NAME, lmSensorsOptionsSchema, createLmSensorsMonitor);

@@ -11,7 +11,7 @@
  * exit is not by itself an error here: the JSON says what was read.
  */
 import { z } from 'zod';
-import { definePlugin, PLUGIN_API_VERSION, type HealthEvent } from '../../src/index.js';
+import { type HealthEvent } from '../../src/index.js';
 import {
   baseOptionShape,
   commandOptionShape,
@@ -23,6 +23,7 @@ import {
   type Condition,
   type Monitor,
   type MonitorDeps,
+  monitorPlugin,
 } from './common.js';
 
 const NAME = 'smart';
@@ -329,14 +330,4 @@ export function createSmartMonitor(opts: SmartOptions, deps: MonitorDeps = {}): 
   };
 }
 
-export default definePlugin({
-  name: NAME,
-  version: '1.0.0',
-  apiVersion: PLUGIN_API_VERSION,
-  kind: 'health-monitor',
-  configSchema: smartOptionsSchema,
-  setup(ctx) {
-    const m = createSmartMonitor(ctx.options, { log: ctx.log, signal: ctx.signal });
-    return { sample: () => m.sample() };
-  },
-});
+export default monitorPlugin(NAME, smartOptionsSchema, createSmartMonitor);
