@@ -1,6 +1,7 @@
 /**
  * One MPI job spread over two node agents (two control segments, as on two
- * hosts), both attached over the socket to a standalone controller: global
+ * hosts), attached to a standalone controller, one over its Unix socket and
+ * one over TCP with the shared token: global
  * quiesce, freeze and resume across nodes with real Open MPI traffic, through
  * the controller's API and through the CLI; then the controller dies while
  * the ranks are frozen, and the agents resume them at once.
@@ -13,7 +14,8 @@ import t from 'tap';
 
 /** The part of a tap test setup() uses. */
 type Tap = { teardown(fn: () => unknown): void };
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NodeAgent } from '../../src/agent/node-agent.js';
@@ -32,9 +34,29 @@ const WRAPPER =
   'r=$OMPI_COMM_WORLD_RANK; if [ "$r" -lt 2 ]; then SYMBIO_SEGMENT=$SEG_A; else SYMBIO_SEGMENT=$SEG_B; fi; ' +
   'SYMBIO_SLOT=$((r % 2)); export SYMBIO_SEGMENT SYMBIO_SLOT; exec "$0" "$@"';
 
+/** A TCP port nobody listens on right now. */
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as { port: number }).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+/**
+ * A standalone controller on a Unix socket and on TCP (with a token); node
+ * "a" attaches over the Unix socket, node "b" over TCP, as an agent on
+ * another host would.
+ */
 async function setup(t: Tap, jobId: string) {
   const dir = mkdtempSync(join(tmpdir(), 'symbio-mn-'));
-  const config = configSchema.parse({ controller: { socket: join(dir, 'controller.sock'), stateDir: join(dir, 'state') }, quiesce: { stallMs: 3_000 } });
+  const tokenFile = join(dir, 'token');
+  writeFileSync(tokenFile, `token-${process.pid}\n`, { mode: 0o600 });
+  const port = await freePort();
+  const config = configSchema.parse({
+    controller: { socket: join(dir, 'controller.sock'), stateDir: join(dir, 'state'), tcp: { host: '127.0.0.1', port }, tokenFile },
+    quiesce: { stallMs: 3_000 },
+  });
   const ctl = await startStandaloneController(config, null, log);
   t.teardown(() => ctl.close());
   const agents = ['a', 'b'].map(
@@ -45,7 +67,7 @@ async function setup(t: Tap, jobId: string) {
   const sessions = agents.map(
     (agent, i) =>
       new ControllerSession(agent, {
-        address: { unix: ctl.socket },
+        ...(i === 0 ? { address: { unix: ctl.socket } } : { address: { tcp: { host: '127.0.0.1', port } }, token: `token-${process.pid}` }),
         job: jobId,
         node: agent.node,
         ...(i === 0 ? { register: { command: ['mpirun', 'halo2d'], np: 4 } } : {}),
