@@ -77,6 +77,13 @@ t.test('operator commands on a running job', async (t) => {
   t.match(st.stdout, /\(frozen\)/, 'human status shows the freeze');
   t.equal(st.stdout.split('\n').filter((l) => / frozen /.test(l)).length, 4, 'four frozen ranks');
 
+  // on a terminal, a long operation shows its phases as it goes (script(1) gives the command a pty)
+  const tty = await run('script', ['-qec', `${process.execPath} ${symbioCli} resume --job ${jobId}`, '/dev/null']);
+  t.equal(tty.code, 0, `resume on a terminal: ${tty.stdout}`);
+  t.match(tty.stdout, /resume: resuming \(\d+\.\d s\)/, 'the progress line showed the phase');
+  t.match(tty.stdout, /resumed in [\d.]+ ms \(frozen interval verified\)/, 'then the result');
+  const again2 = await run(process.execPath, [symbioCli, 'quiesce', '--job', jobId, '--json']);
+  t.equal(again2.code, 0, 'frozen again for the checks below');
   const r = await run(process.execPath, [symbioCli, 'resume', '--job', jobId, '--json']);
   t.equal(r.code, 0, 'resume succeeded');
   const rr = JSON.parse(r.stdout) as { result: { frozenCheck: { ok: boolean } } };
@@ -88,8 +95,8 @@ t.test('operator commands on a running job', async (t) => {
   t.ok(evs.some((e) => e.type === 'job-started'), 'journal: job started');
   t.same(
     evs.filter((e) => e.type === 'operation-phase' && e.kind === 'freeze').map((e) => e.phase),
-    ['quiescing', 'freezing', 'done'],
-    'journal: every phase of the freeze, in order',
+    ['quiescing', 'freezing', 'done', 'quiescing', 'freezing', 'done'],
+    'journal: every phase of both freezes, in order',
   );
   t.ok(evs.some((e) => e.type === 'operation' && e.kind === 'resume'), 'journal: the resume');
 
