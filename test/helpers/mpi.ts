@@ -1,5 +1,5 @@
 /** Running real MPI jobs from tests: plain mpirun and symbio-mpirun. */
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { controllerRequest } from '../../src/controller/client.js';
@@ -11,7 +11,11 @@ import { runProcess, startProcess, type Finished } from '../../src/util/run-proc
 export const root = packageRoot();
 
 // Journals of the jobs tests start go to a private directory, not the machine's.
-process.env.SYMBIO_STATE_DIR ??= mkdtempSync(join(tmpdir(), 'symbio-test-state-'));
+if (process.env.SYMBIO_STATE_DIR === undefined) {
+  const stateDir = mkdtempSync(join(tmpdir(), 'symbio-test-state-'));
+  process.env.SYMBIO_STATE_DIR = stateDir;
+  process.on('exit', () => rmSync(stateDir, { recursive: true, force: true }));
+}
 export const mpiCommon = ['--allow-run-as-root', '--oversubscribe'];
 export const prog = (name: string): string => join(root, 'build', 'mpi', name);
 export const symbioMpirun = join(root, 'bin', 'symbio-mpirun.js');
