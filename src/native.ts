@@ -223,6 +223,9 @@ function signalExitListeners(): number {
 }
 
 function onSignal(signal: NodeJS.Signals): void {
+  // The application listens too (the launcher does): it decides what happens
+  // and needs its segments until the job is down; they close at exit.
+  if (process.listenerCount(signal) - 1 > signalExitListeners()) return;
   closeAllSegments(); // also removes our signal listeners (no segment left)
   removeSignalHandlers();
   // Re-raise with the default action (terminate, reporting the signal) unless

@@ -59,16 +59,28 @@ export class ControllerSession {
   async #connect(): Promise<void> {
     const { address, token, job, node, register } = this.options;
     const s = openConnection(address);
-    const hello = await controllerRequestOn(s, address, {
+    // From the first byte to the last: a reset must be a drop we handle, never an uncaught error.
+    s.on('error', (err) => this.options.log.debug({ err: err.message }, 'controller connection error'));
+    let hello;
+    try {
+      hello = await controllerRequestOn(s, address, {
       op: 'agent',
       job,
       node,
       ...(token === undefined ? {} : { token }),
       ...(register && !this.#connectedOnce ? { register: { command: [...register.command], np: register.np, ...(register.launcherPid === undefined ? {} : { launcherPid: register.launcherPid }) } } : {}),
     }, { timeoutMs: 10_000, ...(token === undefined ? {} : { token }) });
+    } catch (err) {
+      s.destroy();
+      throw err;
+    }
     if (!hello.ok) {
       s.destroy();
       throw new Error(`controller ${describeAddress(address)} refused the agent: ${hello.error}`);
+    }
+    if (this.#closed) {
+      s.destroy(); // closed while we were connecting
+      return;
     }
     this.#connectedOnce = true;
     this.#socket = s;

@@ -55,6 +55,8 @@ interface JobEntry {
   current: Operation | null;
   /** The job was left held or frozen by an operator's quiesce/freeze. */
   held: 'hold' | 'freeze' | null;
+  /** Set when queued operations must not run any more: why. */
+  cancelQueued: string | null;
   readonly journal: JobJournal;
   lastCheckpoint: JobView['lastCheckpoint'];
   readonly measured: { checkpointMs: number[]; restartMs: number[] };
@@ -120,6 +122,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
       queue: new PQueue({ concurrency: 1 }),
       current: null,
       held: null,
+      cancelQueued: null,
       journal: new JobJournal(this.options.stateDir, desc.id, (m) => log.error(m + ' (the journal is incomplete from here on)')),
       lastCheckpoint: null,
       measured: { checkpointMs: [], restartMs: [] },
@@ -129,21 +132,37 @@ export class Controller extends EventEmitter<ControllerEvents> {
     this.#record(job, 'job-started', { command: desc.command, np: desc.np, launcherPid: desc.launcherPid });
   }
 
-  /** A node (agent) of the job is reachable; the job runs once it has one. */
-  attachNode(jobId: string, participant: QuiesceParticipant): void {
+  /**
+   * A node (agent) of the job is reachable; the job runs once it has one. A
+   * node that attaches again under the same name (an agent that reconnected)
+   * replaces its old link, which is closed.
+   */
+  attachNode(jobId: string, participant: QuiesceParticipant & { close?(why: string): void }): void {
     const job = this.#job(jobId);
     if (job.current && !job.current.finished) throw new OperationRefusedError(`job ${jobId}: a node cannot join during ${job.current.kind}`);
+    const old = job.nodes.get(participant.node) as (QuiesceParticipant & { close?(why: string): void }) | undefined;
+    if (old && old !== participant) old.close?.('replaced by a new connection of the same node');
     job.nodes.set(participant.node, participant);
     job.quiescer.setParticipants([...job.nodes.values()]);
     if (job.state === 'starting') job.state = 'running';
-    this.#record(job, 'node-attached', { node: participant.node });
+    this.#record(job, 'node-attached', { node: participant.node, ...(old ? { replaced: true } : {}) });
   }
 
-  detachNode(jobId: string, node: string, why: string): void {
+  /** The node's link is gone. Only that link: a newer one of the same node stays. */
+  detachNode(jobId: string, node: string, why: string, link?: QuiesceParticipant): void {
     const job = this.#jobs.get(jobId);
-    if (!job || !job.nodes.delete(node)) return;
+    if (!job) return;
+    const cur = job.nodes.get(node);
+    if (cur === undefined || (link !== undefined && cur !== link)) return;
+    job.nodes.delete(node);
+    // during an operation the quiescer keeps its nodes (the gone one fails it); synced after
     if (!job.current || job.current.finished) job.quiescer.setParticipants([...job.nodes.values()]);
     this.#record(job, 'node-detached', { node, reason: why });
+  }
+
+  /** Queued operations of a job that will not run (job ended, controller closing) end cancelled. */
+  #cancelQueued(job: JobEntry, why: string): void {
+    job.cancelQueued = why;
   }
 
   jobFinished(jobId: string, exitCode: number): void {
@@ -153,7 +172,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
     job.state = exitCode === 0 ? 'finished' : 'failed';
     job.held = null;
     job.quiescer.close();
-    job.queue.clear();
+    this.#cancelQueued(job, `job ${jobId} ended`);
     this.#record(job, 'job-finished', { exitCode });
   }
 
@@ -282,11 +301,20 @@ export class Controller extends EventEmitter<ControllerEvents> {
     return job.queue.add(async () => {
       job.current = op;
       try {
-        await this.#run(job, op, req.timeoutMs ?? this.options.quiesce.timeoutMs);
+        if (job.cancelQueued !== null) op.abort(new Error(`not run: ${job.cancelQueued}`));
+        else await this.#run(job, op, req.timeoutMs ?? this.options.quiesce.timeoutMs);
       } catch (err) {
         // #run handles its own failures; this is a bug or a refused transition
         job.log.error({ op: op.id, err: (err as Error).message }, 'operation ended unexpectedly');
         if (!op.finished) op.abort(err);
+      }
+      // nodes that left during the operation leave the quiescer now
+      if (job.quiescer.participants.length !== job.nodes.size || job.quiescer.participants.some((p) => job.nodes.get(p.node) !== p)) {
+        try {
+          job.quiescer.setParticipants([...job.nodes.values()]);
+        } catch {
+          // still busy (cannot happen after #run returned): next attach/detach syncs
+        }
       }
       const rec = op.record();
       job.journal.operation(rec);
@@ -375,19 +403,20 @@ export class Controller extends EventEmitter<ControllerEvents> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    for (const job of this.#jobs.values()) {
-      job.queue.clear();
-      const wasOperating = job.held !== null || job.quiescer.operating;
-      job.quiescer.close(); // a quiesce under way ends (and resumes) at its next step
-      if (wasOperating) {
-        try {
-          await job.quiescer.resume();
-        } catch (err) {
-          job.log.warn({ err: (err as Error).message }, 'resume at shutdown failed');
+    for (const job of this.#jobs.values()) this.#cancelQueued(job, 'the controller is shutting down');
+    await Promise.all(
+      [...this.#jobs.values()].map(async (job) => {
+        job.quiescer.close(); // a quiesce under way ends at its next step, resuming what it held
+        await job.queue.onIdle(); // queued ones end cancelled
+        if (job.held !== null || job.quiescer.operating) {
+          try {
+            await job.quiescer.resume();
+          } catch (err) {
+            job.log.warn({ err: (err as Error).message }, 'resume at shutdown failed');
+          }
         }
         job.held = null;
-      }
-    }
-    await Promise.all([...this.#jobs.values()].map((j) => j.queue.onIdle()));
+      }),
+    );
   }
 }

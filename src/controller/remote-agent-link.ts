@@ -101,6 +101,7 @@ export class RemoteAgentLink implements QuiesceParticipant {
    * coordinator sees that (epoch, command) and waits for the next push.
    */
   async report(fresh = false): Promise<ParticipantReport> {
+    if (this.#closedWhy !== null) throw new Error(`node ${this.node} is gone (${this.#closedWhy})`);
     if (!fresh && this.#latest) return this.#latest;
     const r = decodeReport(await this.#call({ call: 'report' }), this.node);
     this.#latest = r;
@@ -138,5 +139,6 @@ export class RemoteAgentLink implements QuiesceParticipant {
     }
     this.#pending.clear();
     this.#wake();
+    this.socket.destroy(); // a replaced link's connection goes too
   }
 }

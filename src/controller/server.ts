@@ -36,9 +36,14 @@ interface Conn {
   readonly reader: JsonLineReader;
   readonly transport: 'unix' | 'tcp';
   authenticated: boolean;
+  helloTimer?: NodeJS.Timeout;
   agent: RemoteAgentLink | null;
   agentJob: string | null;
 }
+
+/** TCP peers that have not said hello yet, at most. */
+const MAX_UNAUTHENTICATED = 64;
+const HELLO_TIMEOUT_MS = 5_000;
 
 function sameToken(a: string, b: string): boolean {
   // Compare digests: equal length, so timingSafeEqual never throws, and no length leak.
@@ -127,44 +132,64 @@ export class ControllerServer {
         MAX_FIRST_LINE_BYTES,
         (line) => void this.#onLine(conn, line),
         (limit) => {
-          writeJsonLine(socket, { ok: false, code: 'bad-request', error: `line longer than ${limit} bytes` });
-          socket.end();
+          this.#write(conn, { ok: false, code: 'bad-request', error: `line longer than ${limit} bytes` });
+          this.#drop(conn);
         },
       ),
     };
     this.#conns.add(conn);
+    if (!conn.authenticated) {
+      // A TCP peer has a few seconds to say hello, and only so many may be waiting at once.
+      const waiting = [...this.#conns].filter((c) => !c.authenticated).length;
+      if (waiting > MAX_UNAUTHENTICATED) {
+        this.#write(conn, { ok: false, code: 'denied', error: 'too many connections waiting to say hello' });
+        this.#drop(conn);
+      } else {
+        conn.helloTimer = setTimeout(() => {
+          this.#write(conn, { ok: false, code: 'denied', error: `no hello within ${HELLO_TIMEOUT_MS} ms` });
+          this.#drop(conn);
+        }, HELLO_TIMEOUT_MS);
+        conn.helloTimer.unref();
+      }
+    }
     socket.on('close', () => {
+      clearTimeout(conn.helloTimer);
       this.#conns.delete(conn);
       if (conn.agent && conn.agentJob) {
         conn.agent.close('connection closed');
-        this.controller.detachNode(conn.agentJob, conn.agent.node, 'connection closed');
+        this.controller.detachNode(conn.agentJob, conn.agent.node, 'connection closed', conn.agent);
       }
     });
   }
 
   async #onLine(conn: Conn, line: string): Promise<void> {
+    if (conn.socket.destroyed) return;
     const parsed = parseJsonLine(line);
     if (conn.agent) {
       const problem = parsed.ok ? conn.agent.handleLine(parsed.value) : parsed.error;
       if (problem) this.#log.warn({ node: conn.agent.node, problem }, 'bad line from agent');
       return;
     }
-    const reply = (r: Reply): void => writeJsonLine(conn.socket, r);
+    const reply = (r: Reply): void => this.#write(conn, r);
+    if (!conn.authenticated) {
+      // Before hello, one chance: anything but the right hello ends the connection.
+      const r = parsed.ok ? ClientRequest.safeParse(parsed.value) : null;
+      const ok = r?.success && r.data.op === 'hello' && sameToken(r.data.token, this.options.token ?? '');
+      if (!ok) {
+        reply({ ok: false, code: 'denied', error: r?.success && r.data.op === 'hello' ? 'wrong token' : 'say hello with the shared token first' });
+        this.#drop(conn);
+        return;
+      }
+      conn.authenticated = true;
+      clearTimeout(conn.helloTimer);
+      return reply({ ...(r.data.id === undefined ? {} : { id: r.data.id }), ok: true, result: { hello: 'symbio controller' } });
+    }
     if (!parsed.ok) return reply({ ok: false, code: 'bad-request', error: parsed.error });
     const req = ClientRequest.safeParse(parsed.value);
     const rawId = (parsed.value as { id?: unknown } | null)?.id;
     const id = typeof rawId === 'number' && Number.isInteger(rawId) && rawId >= 0 ? { id: rawId } : {};
     if (!req.success) return reply({ ...id, ok: false, code: 'bad-request', error: `bad request: ${zodMessage(req.error)}` });
     const r = req.data;
-    if (!conn.authenticated) {
-      if (r.op !== 'hello' || !sameToken(r.token, this.options.token ?? '')) {
-        reply({ ...id, ok: false, code: 'denied', error: r.op === 'hello' ? 'wrong token' : 'say hello with the shared token first' });
-        conn.socket.end();
-        return;
-      }
-      conn.authenticated = true;
-      return reply({ ...id, ok: true, result: { hello: 'symbio controller' } });
-    }
     try {
       switch (r.op) {
         case 'hello':
@@ -188,7 +213,7 @@ export class ControllerServer {
             ...(r.reason === undefined ? {} : { reason: r.reason }),
             ...(r.timeoutMs === undefined ? {} : { timeoutMs: r.timeoutMs }),
             ...(r.params === undefined ? {} : { params: r.params }),
-            ...(r.progress ? { onProgress: (op) => writeJsonLine(conn.socket, { ...id, progress: { op: op.id, kind: op.kind, phase: op.phase, timeline: op.phases } }) } : {}),
+            ...(r.progress ? { onProgress: (op) => this.#write(conn, { ...id, progress: { op: op.id, kind: op.kind, phase: op.phase, timeline: op.phases } }) } : {}),
           });
           return reply(rec.ok ? { ...id, ok: true, result: rec } : { ...id, ok: false, code: 'failed', error: `${rec.kind} failed${rec.failedIn ? ` in ${rec.failedIn}` : ''}: ${rec.error ?? 'unknown error'}`, ...{ result: rec } });
         }
@@ -199,6 +224,27 @@ export class ControllerServer {
       const refused = err instanceof OperationRefusedError;
       reply({ ...id, ok: false, code: refused ? 'refused' : 'failed', error: (err as Error).message });
     }
+  }
+
+  /**
+   * One reply line. A peer that sends requests without reading the replies
+   * gets no more of its lines read until it does (replies never pile up).
+   */
+  #write(conn: Conn, value: unknown): void {
+    const s = conn.socket;
+    if (s.destroyed || !s.writable) return;
+    if (!s.write(JSON.stringify(value) + '\n') && !s.isPaused()) {
+      s.pause();
+      s.once('drain', () => s.resume());
+    }
+  }
+
+  /** End a connection after what was written: stop reading it, close it soon whatever the peer does. */
+  #drop(conn: Conn): void {
+    conn.reader.stop();
+    clearTimeout(conn.helloTimer);
+    conn.socket.end();
+    setTimeout(() => conn.socket.destroy(), 1_000).unref();
   }
 
   #onlyJob(): string {

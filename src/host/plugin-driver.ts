@@ -93,6 +93,16 @@ export class PluginDriver {
 
   /** Validate and set up every plugin, in configuration order. */
   async start(configured: readonly ConfiguredPlugin[]): Promise<void> {
+    try {
+      await this.#startAll(configured);
+    } catch (err) {
+      // whatever failed, the plugins already set up are torn down (their timers must not outlive us)
+      await this.teardown();
+      throw err;
+    }
+  }
+
+  async #startAll(configured: readonly ConfiguredPlugin[]): Promise<void> {
     const names = new Set<string>();
     for (const { plugin, options, failurePolicy } of configured) {
       if (names.has(plugin.name)) throw new PluginLoadError(`plugin ${plugin.name} is configured twice`);
@@ -116,7 +126,7 @@ export class PluginDriver {
           plugin.setup({ log, signal: controller.signal, options: parsed.data, actions: this.#actionsFor(plugin.name) }),
         );
       } catch (err) {
-        await this.teardown(); // the ones already set up
+        controller.abort(); // a setup that is late or failed halfway is told to stop
         throw err instanceof PluginHookError ? new PluginLoadError(err.message, { cause: err }) : err;
       }
       this.loaded.push({ name: plugin.name, version: plugin.version, kind: plugin.kind, hooks, policy: failurePolicy ?? plugin.failurePolicy ?? 'abort', controller, log, failures: 0, disabled: false });

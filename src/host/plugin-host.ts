@@ -79,19 +79,21 @@ export class PluginHost {
   async sampleNow(monitor: string): Promise<readonly HealthEvent[]> {
     if (this.#closed || this.#sampling.has(monitor)) return [];
     this.#sampling.add(monitor);
+    let events: HealthEvent[];
     try {
       const r = await this.driver.hookFor(monitor, 'sample');
       if (!r.ok || !Array.isArray(r.value)) return [];
-      const events = (r.value as HealthEvent[]).map((e) => ({ ...e, monitor: e.monitor || monitor }));
-      for (const e of events) await this.health(e);
-      return events;
+      events = (r.value as HealthEvent[]).map((e) => ({ ...e, monitor: e.monitor || monitor }));
     } catch (err) {
       // failure policy 'abort' on a monitor: there is no caller to abort, so log it loudly
       this.#log.error({ monitor, err: (err as Error).message }, 'health monitor failed');
       return [];
     } finally {
+      // sampling goes on while the decisions these events lead to are carried out
       this.#sampling.delete(monitor);
     }
+    for (const e of events) await this.health(e);
+    return events;
   }
 
   /** Jobs a host's trouble concerns: those with a VM there; a job without VMs runs on this host. */

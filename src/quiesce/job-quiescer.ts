@@ -113,6 +113,8 @@ export class JobQuiescer {
   #lastEvalMs = 0;
   /** performance.now() of the last change any node reported. */
   #lastChangeAt = 0;
+  /** Changes seen so far: a change that comes while no wait is armed is not lost. */
+  #changeCount = 0;
   readonly #coordinator: QuiesceCoordinator;
   readonly #log: Logger;
   #busy = false;
@@ -141,6 +143,7 @@ export class JobQuiescer {
     // One listener per node for the quiescer's whole life: no per-wait registration at scale.
     const onChange = (): void => {
       this.#lastChangeAt = nowMs();
+      this.#changeCount++;
       this.#changed?.();
     };
     this.#unsubscribe = this.#participants.map((p) => p.subscribe(onChange));
@@ -172,7 +175,9 @@ export class JobQuiescer {
    * has become expensive (many ranks), it first lets changes pile up for about
    * as long as an evaluation takes, so a burst of reports is judged once.
    */
-  async #nextChange(ms: number): Promise<void> {
+  async #nextChange(ms: number, seen: number): Promise<void> {
+    // something changed since the caller last looked (while it was reading or evaluating)
+    if (this.#changeCount !== seen) return;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(done, ms);
       const self = this;
@@ -214,6 +219,7 @@ export class JobQuiescer {
         if (this.#closed) throw new QuiesceAbortedError(epoch, 'job closed', 'closed');
         const now = nowMs();
         if (now - t0 > opts.timeoutMs) throw new QuiesceAbortedError(epoch, `not quiescent within ${opts.timeoutMs} ms`, 'timeout');
+        const seen = this.#changeCount;
         const reports = await this.#reports();
         for (const rep of reports) {
           const dead = rep.snapshot.ranks.find((r) => isLive(r) && rep.exited.some((e) => e.slot === r.slot && e.pid === r.pid));
@@ -243,7 +249,7 @@ export class JobQuiescer {
             break;
           }
           case 'waiting':
-            await this.#nextChange(10);
+            await this.#nextChange(10, seen);
             break;
           case 'stalled':
           case 'refused':
@@ -255,9 +261,10 @@ export class JobQuiescer {
       const phases: PhaseTiming[] = [{ name: 'hold', ms: tQuiescent - t0 }];
       let ranksFrozenMs: number | null = null;
       if (opts.freeze) {
+        if (this.#closed) throw new QuiesceAbortedError(epoch, 'job closed', 'closed');
         this.#command = 'freeze';
         await this.#all((p) => p.freeze());
-        const frozen = await this.#waitAll(epoch, 'frozen', opts.timeoutMs - (tQuiescent - t0));
+        const frozen = await this.#waitAll(epoch, 'frozen', opts.timeoutMs - (tQuiescent - t0), true);
         this.#frozen = frozen;
         ranksFrozenMs = lastStampMs(frozen, holdIssued, 'frozenNs');
         phases.push({ name: 'freeze', ms: nowMs() - tQuiescent });
@@ -281,20 +288,32 @@ export class JobQuiescer {
     return issued;
   }
 
-  /** Wait until every live rank on every node is in `state` (for this epoch when frozen). */
-  async #waitAll(epoch: number, state: 'frozen' | 'running', timeoutMs: number): Promise<NodeSnapshot[]> {
+  /**
+   * Wait until every live rank on every node is in `state` (for this epoch
+   * when frozen). A rank whose process is gone is not waited for.
+   * `closeAborts`: a close() ends the wait (freezing); resuming goes on.
+   */
+  async #waitAll(epoch: number, state: 'frozen' | 'running', timeoutMs: number, closeAborts = false): Promise<NodeSnapshot[]> {
     const t0 = nowMs();
     for (;;) {
-      const snaps = (await this.#reports()).map((r) => r.snapshot);
-      const pending = snaps.flatMap((s) =>
-        s.ranks.filter((r) => isLive(r) && !(r.state === state && (state === 'running' || r.ackEpoch === epoch))),
+      if (closeAborts && this.#closed) throw new QuiesceAbortedError(epoch, 'job closed', 'closed');
+      const seen = this.#changeCount;
+      const reports = await this.#reports();
+      const snaps = reports.map((r) => r.snapshot);
+      const pending = reports.flatMap((rep) =>
+        rep.snapshot.ranks.filter(
+          (r) =>
+            isLive(r) &&
+            !rep.exited.some((e) => e.slot === r.slot && e.pid === r.pid) &&
+            !(r.state === state && (state === 'running' || r.ackEpoch === epoch)),
+        ),
       );
       if (snaps.every((s) => s.consistent) && pending.length === 0) return snaps;
       if (nowMs() - t0 > timeoutMs) {
         const who = pending.slice(0, 5).map((r) => `rank ${r.worldRank} ${r.state}`).join(', ');
         throw new QuiesceAbortedError(epoch, `ranks not ${state} within ${Math.round(timeoutMs)} ms: ${who}`, 'timeout');
       }
-      await this.#nextChange(10);
+      await this.#nextChange(10, seen);
     }
   }
 
@@ -304,9 +323,14 @@ export class JobQuiescer {
     const wasCommand = this.#command;
     let frozenCheck: ResumeOutcome['frozenCheck'] = null;
     if (this.#frozen) {
-      // fresh: nothing changes while frozen, so no report was pushed since the frozen one
-      const after = (await this.#reports(true)).map((r) => r.snapshot);
-      frozenCheck = this.#coordinator.verifyFrozen(this.#frozen, after);
+      // fresh: nothing changes while frozen, so no report was pushed since the frozen one.
+      // A node that cannot answer fails the proof, never the resume itself.
+      try {
+        const after = (await this.#reports(true)).map((r) => r.snapshot);
+        frozenCheck = this.#coordinator.verifyFrozen(this.#frozen, after);
+      } catch (err) {
+        frozenCheck = { ok: false, reason: `could not read every node to verify: ${(err as Error).message}` };
+      }
     }
     const t0 = nowMs();
     const issued = await this.#resumeAll();

@@ -6,7 +6,9 @@
 import type { Socket } from 'node:net';
 
 export class JsonLineReader {
-  #buf = '';
+  /** The line being received, in pieces: joined once, when its newline comes (linear in its length). */
+  #parts: string[] = [];
+  #partLength = 0;
   #limit: number;
 
   /**
@@ -27,27 +29,43 @@ export class JsonLineReader {
   }
 
   push(chunk: string): void {
-    if (this.#limit < 0) return;
-    this.#buf += chunk;
-    let nl: number;
-    while ((nl = this.#buf.indexOf('\n')) >= 0) {
-      const line = this.#buf.slice(0, nl).trim();
-      this.#buf = this.#buf.slice(nl + 1);
+    let from = 0;
+    while (this.#limit >= 0) {
+      const nl = chunk.indexOf('\n', from);
+      if (nl < 0) {
+        const rest = chunk.length - from;
+        if (rest > 0) {
+          this.#parts.push(from === 0 ? chunk : chunk.slice(from));
+          this.#partLength += rest;
+        }
+        if (this.#partLength > this.#limit) this.#overflow();
+        return;
+      }
+      if (this.#partLength + (nl - from) > this.#limit) return this.#overflow();
+      let line = chunk.slice(from, nl);
+      if (this.#parts.length) {
+        this.#parts.push(line);
+        line = this.#parts.join('');
+        this.#parts = [];
+        this.#partLength = 0;
+      }
+      from = nl + 1;
+      line = line.trim();
       if (line) this.onLine(line);
-      if (this.#limit < 0) return;
     }
-    if (this.#buf.length > this.#limit) {
-      const limit = this.#limit;
-      this.#limit = -1;
-      this.#buf = '';
-      this.onOverflow(limit);
-    }
+  }
+
+  #overflow(): void {
+    const limit = this.#limit;
+    this.stop();
+    this.onOverflow(limit);
   }
 
   /** Stop delivering lines (the connection is being dropped). */
   stop(): void {
     this.#limit = -1;
-    this.#buf = '';
+    this.#parts = [];
+    this.#partLength = 0;
   }
 }
 

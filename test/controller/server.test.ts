@@ -179,3 +179,31 @@ t.test('an agent that attaches and never answers: the operation fails, nothing s
   const gone = await c.request({ job: 'mute', kind: 'freeze', requestedBy: 'test' });
   t.match(gone.error, /no agent attached/, 'with its agent gone, a quiesce is refused with the reason');
 });
+
+t.test('an agent that reconnects replaces its old link; the old connection closing does not detach the new one', async (t) => {
+  const c = controller();
+  const socket = join(dir, 'replace.sock');
+  const server = new ControllerServer(c, { unixPath: socket, log, agentCallTimeoutMs: 300 });
+  await server.listen();
+  t.teardown(() => server.close());
+  const attach = async (register: boolean) => {
+    const s = connect(socket);
+    await new Promise<void>((resolve) => s.on('connect', () => resolve()));
+    s.on('error', () => undefined);
+    s.resume(); // read (and drop) what comes, so that the end of the connection is seen
+    s.write(JSON.stringify({ op: 'agent', job: 'again', node: 'n1', ...(register ? { register: { command: ['x'], np: 1 } } : {}) }) + '\n');
+    await new Promise((r) => setTimeout(r, 100));
+    return s;
+  };
+  const first = await attach(true);
+  const closed = new Promise<void>((resolve) => first.on('close', () => resolve()));
+  const second = await attach(false);
+  t.teardown(() => second.destroy());
+  await closed;
+  t.pass('the first connection was closed when the node attached again');
+  const st = (await c.status('again')) as { nodes: { node: string; error?: string }[] };
+  t.same(st.nodes.map((n) => n.node), ['n1'], 'the job still has its node');
+  const events = (await controllerRequest({ unix: socket }, { op: 'events', job: 'again' }, { timeoutMs: 2_000 })) as { result: { type: string; replaced?: boolean }[] };
+  t.ok(events.result.some((e) => e.type === 'node-attached' && e.replaced), 'journaled as a replacement');
+  t.notOk(events.result.some((e) => e.type === 'node-detached'), 'and not as a departure');
+});
