@@ -8,8 +8,13 @@ import pretty from 'pino-pretty';
 
 export type { Logger };
 
+const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
 function makeRoot(): Logger {
-  const level = process.env.SYMBIO_LOG_LEVEL ?? 'info';
+  const asked = process.env.SYMBIO_LOG_LEVEL;
+  // a mistyped level must not take every command down: say so, use info
+  const level = asked === undefined || LEVELS.includes(asked) ? (asked ?? 'info') : 'info';
+  if (asked !== undefined && level !== asked) process.stderr.write(`symbio: SYMBIO_LOG_LEVEL='${asked}' is not one of ${LEVELS.join(', ')}; using info\n`);
   if (process.stderr.isTTY && process.env.SYMBIO_LOG_FORMAT !== 'json') {
     // synchronous pretty stream: a crash must not lose the last lines
     const stream = pretty({ destination: 2, sync: true, colorize: true, ignore: 'pid,hostname' });

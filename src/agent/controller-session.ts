@@ -38,7 +38,6 @@ export class ControllerSession {
   #socket: Socket | null = null;
   #closed = false;
   #changePending = false;
-  #connectedOnce = false;
   /** The last pushed report showed an operation under way (so the settling back to running is pushed too). */
   #lastPushActive = false;
   #heartbeat: NodeJS.Timeout | null = null;
@@ -68,7 +67,7 @@ export class ControllerSession {
       job,
       node,
       ...(token === undefined ? {} : { token }),
-      ...(register && !this.#connectedOnce ? { register: { command: [...register.command], np: register.np, ...(register.launcherPid === undefined ? {} : { launcherPid: register.launcherPid }) } } : {}),
+      ...(register ? { register: { command: [...register.command], np: register.np, ...(register.launcherPid === undefined ? {} : { launcherPid: register.launcherPid }) } } : {}),
     }, { timeoutMs: 10_000, ...(token === undefined ? {} : { token }) });
     } catch (err) {
       s.destroy();
@@ -82,7 +81,6 @@ export class ControllerSession {
       s.destroy(); // closed while we were connecting
       return;
     }
-    this.#connectedOnce = true;
     this.#socket = s;
     this.options.log.info({ controller: describeAddress(address), job, node }, 'attached to controller');
     this.#heartbeat ??= setInterval(() => this.#pushHeartbeat(), this.options.heartbeatMs ?? 1_000);
@@ -183,7 +181,9 @@ export class ControllerSession {
         await this.#connect();
         return;
       } catch (err) {
-        this.options.log.debug({ err: (err as Error).message }, 'controller not reachable yet');
+        // the first failure at warn, then quietly: the job runs on meanwhile
+        if (delay === (this.options.retryMs ?? 250)) this.options.log.warn({ err: (err as Error).message }, 'controller not reachable; retrying');
+        else this.options.log.debug({ err: (err as Error).message }, 'controller not reachable yet');
         delay = Math.min(delay * 2, 5_000);
       }
     }

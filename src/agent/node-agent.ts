@@ -161,7 +161,7 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> implements QuiesceP
     // held by someone else's order (a controller's quiescer that went away): just release
     const epoch = this.segment.command().epoch;
     await this.resume();
-    return { epoch, resumeMs: 0, ranksResumedMs: null, frozenCheck: null };
+    return { epoch, resumeMs: 0, ranksResumedMs: null, frozenCheck: null, selfResumed: null };
   }
 
   /** Resolves when `n` ranks have attached (or rejects after timeoutMs). */
@@ -190,7 +190,7 @@ export class NodeAgent extends EventEmitter<NodeAgentEvents> implements QuiesceP
     this.closed = true;
     this.quiescer.close();
     try {
-      if (this.segment.command().command !== 'run') this.segment.resume();
+      if (!this.segment.closed && this.segment.command().command !== 'run') this.segment.resume();
     } finally {
       this.segment.close();
       this.emit('changed'); // a waiting quiesce sees the end at once

@@ -84,7 +84,9 @@ export async function ask(target: Target, request: Record<string, unknown>, time
 }
 
 export interface OperateOptions {
+  /** Quiesce limit; the controller's configured one when absent. */
   readonly timeoutMs?: number;
+  readonly params?: Record<string, unknown>;
   readonly reason?: string;
   /** Phase changes as they happen (a progress display). */
   readonly onProgress?: (p: { op: string; kind: string; phase: string }) => void;
@@ -92,12 +94,19 @@ export interface OperateOptions {
 
 /** Run one operation (quiesce, freeze, resume, checkpoint, migrate, restart) on a job. */
 export async function operate(target: Target, kind: string, o: OperateOptions = {}): Promise<Record<string, unknown>> {
-  const timeoutMs = o.timeoutMs ?? 30_000;
+  // how long to wait for the answer: queued behind another operation, plus our own
+  const waitMs = (o.timeoutMs ?? 3_600_000 / 12) * 3 + 10_000;
   const result = await ask(
     target,
-    { op: 'operate', kind, timeoutMs, progress: o.onProgress !== undefined, ...(o.reason ? { reason: o.reason } : {}) },
-    // queued behind another operation, plus our own: generous
-    timeoutMs * 3 + 10_000,
+    {
+      op: 'operate',
+      kind,
+      progress: o.onProgress !== undefined,
+      ...(o.timeoutMs === undefined ? {} : { timeoutMs: o.timeoutMs }),
+      ...(o.reason ? { reason: o.reason } : {}),
+      ...(o.params ? { params: o.params } : {}),
+    },
+    waitMs,
     o.onProgress as ((p: unknown) => void) | undefined,
   );
   return result as Record<string, unknown>;

@@ -8,6 +8,7 @@
  */
 import { Command, Option } from '@commander-js/extra-typings';
 import { launch, LaunchError } from '../launcher/launcher.js';
+import { parseMpirunArgs, UsageError } from '../launcher/mpirun-args.js';
 import { ask, CliError, events, EXIT, formatEvent, formatPhases, operate, resolveTarget, table, type Target } from './actions.js';
 import { checkConfig, formatEffectiveConfig } from './config-actions.js';
 import { progressDisplay } from './progress.js';
@@ -30,19 +31,41 @@ function positiveMs(flag: string, v: string): number {
   return n;
 }
 
+function positiveInt(flag: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new CliError(`${flag} needs a positive integer, got '${v}'`, EXIT.usage);
+  return n;
+}
+
 /** `--config` of the command line, else SYMBIO_CONFIG, else the search order (docs/operations.md). */
 function config(explicit: string | undefined) {
   return loadConfig(explicit === undefined ? {} : { explicit });
 }
 
 async function run(argv: readonly string[]): Promise<number> {
+  if (argv[0] === '--help' || argv[0] === '-h') {
+    process.stdout.write(
+      'usage: symbio-mpirun [symbio options] [mpirun options] <program> [args]\n' +
+        '  (also: symbio run ...) runs the MPI job with the symbio shim in every rank; exits with the job\'s exit code\n' +
+        'symbio options (before the program): --job-id <id>, --resume-timeout <ms>, --symbio-config <file>,\n' +
+        '  --symbio-controller <socket|tcp://host:port>, --chaos-quiesce <ms>, --chaos-report <file>, --symbio-json\n' +
+        'see docs/operations.md\n',
+    );
+    return 0;
+  }
   if (argv[0] === '--version' || argv[0] === '-V') {
     process.stdout.write(`symbio-mpirun ${packageVersion()}\n`);
     return 0;
   }
   try {
-    const explicit = argv.indexOf('--symbio-config');
-    const { config: cfg, source } = config(explicit >= 0 ? argv[explicit + 1] : undefined);
+    let explicit: string | undefined;
+    try {
+      explicit = parseMpirunArgs(argv).symbio.config;
+    } catch (err) {
+      if (err instanceof UsageError) throw new LaunchError(err.message);
+      throw err;
+    }
+    const { config: cfg, source } = config(explicit);
     if (process.env.SYMBIO_LOG_LEVEL === undefined) logger.level = cfg.log.level;
     const log = logger.child({ component: 'launcher' });
     const result = await launch({
@@ -81,13 +104,12 @@ function jobOptions(c: Command) {
 }
 
 function targetOf(o: { job?: string; controller?: string; config?: string }): Target {
-  let token: string | undefined;
-  if (o.controller?.startsWith('tcp://')) {
-    const cfg = config(o.config).config;
-    if (!cfg.controller.tokenFile) throw new CliError('a TCP controller needs the shared token: set controller.tokenFile in symbio.yaml', EXIT.usage);
-    token = readTokenFile(cfg.controller.tokenFile);
-  }
-  return resolveTarget({ ...(o.job ? { job: o.job } : {}), ...(o.controller ? { controller: o.controller } : {}), ...(token ? { token } : {}) });
+  const target = resolveTarget({ ...(o.job ? { job: o.job } : {}), ...(o.controller ? { controller: o.controller } : {}) });
+  if (!target.address.tcp) return target;
+  // a TCP controller (named, or the one the job attached to) needs the shared token
+  const cfg = config(o.config).config;
+  if (!cfg.controller.tokenFile) throw new CliError('a TCP controller needs the shared token: set controller.tokenFile in symbio.yaml', EXIT.usage);
+  return { ...target, token: readTokenFile(cfg.controller.tokenFile) };
 }
 
 interface OpResult {
@@ -100,13 +122,19 @@ interface OpResult {
 }
 
 /** Run an operation with a progress display on a terminal; print the record. */
-async function operation(kind: string, o: { job?: string; controller?: string; config?: string; json?: boolean; timeout?: string; reason?: string }, human: (r: OpResult) => string): Promise<void> {
+async function operation(
+  kind: string,
+  o: { job?: string; controller?: string; config?: string; json?: boolean; timeout?: string; reason?: string },
+  human: (r: OpResult) => string,
+  params?: Record<string, unknown>,
+): Promise<void> {
   const timeoutMs = o.timeout === undefined ? undefined : positiveMs('--timeout', o.timeout);
   const target = targetOf(o);
   const progress = o.json ? null : progressDisplay();
   try {
     const r = (await operate(target, kind, {
       ...(timeoutMs === undefined ? {} : { timeoutMs }),
+      ...(params && Object.keys(params).length ? { params } : {}),
       ...(o.reason ? { reason: o.reason } : {}),
       ...(progress ? { onProgress: (p) => progress.phase(p.kind, p.phase) } : {}),
     })) as unknown as OpResult;
@@ -185,7 +213,7 @@ function program(): Command {
         since = /^\d+$/.test(o.since) ? Number(o.since) : Date.parse(o.since);
         if (!Number.isFinite(since)) throw new CliError(`--since needs an ISO date or ms since the epoch, got '${o.since}'`, EXIT.usage);
       }
-      const limit = o.limit === undefined ? undefined : positiveMs('--limit', o.limit);
+      const limit = o.limit === undefined ? undefined : positiveInt('--limit', o.limit);
       const stateDir = o.stateDir ?? config(o.config).config.controller.stateDir;
       const list = await events({
         ...(o.job ? { job: o.job } : {}),
@@ -199,7 +227,7 @@ function program(): Command {
 
   jobOptions(p.command('quiesce').description('hold (and freeze) every rank of a running job'))
     .option('--no-freeze', 'hold only: ranks keep draining, do not freeze')
-    .option('--timeout <ms>', 'give up after this long', '30000')
+    .option('--timeout <ms>', "give up after this long (default: the controller's quiesce.timeoutMs)")
     .option('--reason <text>', 'recorded in the journal')
     .action((o) =>
       operation(o.freeze ? 'freeze' : 'quiesce', o, (r) =>
@@ -224,12 +252,20 @@ function program(): Command {
     .addOption(new Option('--mode <mode>', 'migration mode').choices(['precopy', 'postcopy', 'hybrid'] as const))
     .option('--timeout <ms>', 'quiesce limit')
     .option('--reason <text>', 'recorded in the journal')
-    .action((o) => operation('migrate', o, (r) => `migration ${r.id} done in ${Math.round(r.durationMs)} ms (${formatPhases(r.phases)})`));
+    .action((o) =>
+      operation('migrate', o, (r) => `migration ${r.id} done in ${Math.round(r.durationMs)} ms (${formatPhases(r.phases)})`, {
+        ...(o.vm ? { vms: o.vm } : {}),
+        ...(o.to ? { to: o.to } : {}),
+        ...(o.mode ? { mode: o.mode } : {}),
+      }),
+    );
 
   jobOptions(p.command('restart').description('restart a job from a checkpoint'))
     .argument('[manifest]', 'checkpoint manifest (default: the last good checkpoint)')
     .option('--reason <text>', 'recorded in the journal')
-    .action((_manifest, o) => operation('restart', o, (r) => `restart ${r.id} done in ${Math.round(r.durationMs)} ms (${formatPhases(r.phases)})`));
+    .action((manifest, o) =>
+      operation('restart', o, (r) => `restart ${r.id} done in ${Math.round(r.durationMs)} ms (${formatPhases(r.phases)})`, manifest ? { manifest } : {}),
+    );
 
   const plugins = p.command('plugins').description('plugins');
   plugins

@@ -63,9 +63,14 @@ interface JobEntry {
   readonly log: Logger;
 }
 
-/** The request could not be accepted (busy, unknown job, nothing to act on): nothing was done. */
+/** The request could not be accepted (busy, already held, nothing to act on): nothing was done. */
 export class OperationRefusedError extends Error {
   override name = 'OperationRefusedError';
+}
+
+/** The request names no job, or one that does not exist: the caller's mistake. */
+export class UnknownJobError extends Error {
+  override name = 'UnknownJobError';
 }
 
 export interface OperationRequestInput {
@@ -191,10 +196,10 @@ export class Controller extends EventEmitter<ControllerEvents> {
     if (jobId === undefined) {
       const live = [...this.#jobs.values()].filter((j) => j.state !== 'finished' && j.state !== 'failed');
       if (live.length === 1) return live[0]!;
-      throw new OperationRefusedError(live.length === 0 ? 'no running job' : `several jobs are running; name one: ${live.map((j) => j.id).join(', ')}`);
+      throw new UnknownJobError(live.length === 0 ? 'no running job' : `several jobs are running; name one with --job: ${live.map((j) => j.id).join(', ')}`);
     }
     const job = this.#jobs.get(jobId);
-    if (!job) throw new OperationRefusedError(`no job '${jobId}' (known: ${[...this.#jobs.keys()].join(', ') || 'none'})`);
+    if (!job) throw new UnknownJobError(`no job '${jobId}' (known: ${[...this.#jobs.keys()].join(', ') || 'none'})`);
     return job;
   }
 
@@ -247,7 +252,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
     const nodes = await Promise.all(
       [...job.nodes.values()].map(async (p) => {
         try {
-          const r = await p.report();
+          const r = await p.report(true); // now, not the last pushed one (pushes stop when nothing is under way)
           return { node: p.node, epoch: r.snapshot.epoch, command: r.snapshot.command, ranks: r.snapshot.ranks };
         } catch (err) {
           return { node: p.node, error: (err as Error).message, ranks: [] };
@@ -278,7 +283,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
     if (job.state === 'finished' || job.state === 'failed') throw new OperationRefusedError(`job ${job.id} has ended (exit code ${job.exitCode})`);
     if (VM_KINDS.has(req.kind) && job.vms.size === 0) {
       throw new OperationRefusedError(
-        `job ${job.id} runs in no VM (its ranks are processes of this host): ${req.kind} acts on VMs through a hypervisor driver; run the job in VMs (symbio vcluster) to ${req.kind} it`,
+        `job ${job.id} runs in no VM (its ranks are processes of this host): ${req.kind} acts on a job's VMs through a hypervisor driver, and this job has none`,
       );
     }
     if (job.held && req.kind !== 'resume' && job.queue.size === 0 && !(job.current && !job.current.finished)) {
@@ -375,8 +380,8 @@ export class Controller extends EventEmitter<ControllerEvents> {
       const r = await job.quiescer.resume();
       job.held = null;
       op.result = r;
-      op.note({ resumeMs: r.resumeMs, ranksResumedMs: r.ranksResumedMs });
-      if (r.frozenCheck && !r.frozenCheck.ok) {
+      op.note({ resumeMs: r.resumeMs, ranksResumedMs: r.ranksResumedMs, ...(r.selfResumed ? { selfResumed: r.selfResumed } : {}) });
+      if (r.frozenCheck && !r.frozenCheck.ok && !r.selfResumed) {
         // The ranks run again; what failed is the proof that nothing moved while frozen.
         op.fail(new Error(`frozen-interval check failed: ${r.frozenCheck.reason}`));
         op.to('failed');

@@ -7,11 +7,11 @@
  * never a crash.
  */
 import { chmodSync, rmSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import { peerCredentials } from '../native.js';
 import { ClientRequest, MAX_FIRST_LINE_BYTES, MAX_LINE_BYTES, zodMessage, type Reply } from './protocol.js';
-import { OperationRefusedError, type Controller } from './controller.js';
+import { OperationRefusedError, UnknownJobError, type Controller } from './controller.js';
 import { RemoteAgentLink } from './remote-agent-link.js';
 import { readEvents } from './journal.js';
 import { parseJsonLine, readJsonLines, writeJsonLine, type JsonLineReader } from '../util/json-lines.js';
@@ -65,6 +65,8 @@ export class ControllerServer {
   readonly #sockets = new Set<Socket>();
   readonly #log: Logger;
   #tcpAddress: { host: string; port: number } | null = null;
+  /** We created the socket file (and so remove it at close; never someone else's). */
+  #ownsUnixPath = false;
 
   constructor(
     private readonly controller: Controller,
@@ -82,10 +84,13 @@ export class ControllerServer {
   async listen(): Promise<void> {
     const { unixPath, tcp } = this.options;
     if (unixPath) {
-      rmSync(unixPath, { force: true }); // a stale socket of a dead controller
+      // A socket someone still answers on is theirs; only a stale one (its owner dead) is replaced.
+      if (await answers(unixPath)) throw new Error(`${unixPath} is in use: another controller (or a job with this id) is listening there`);
+      rmSync(unixPath, { force: true });
       const server = createServer((s) => this.#onConnection(s, 'unix'));
       await listenOn(server, (cb) => server.listen(unixPath, cb));
       chmodSync(unixPath, 0o600);
+      this.#ownsUnixPath = true;
       this.#servers.push(server);
     }
     if (tcp) {
@@ -221,8 +226,8 @@ export class ControllerServer {
           return this.#becomeAgent(conn, r, reply, id);
       }
     } catch (err) {
-      const refused = err instanceof OperationRefusedError;
-      reply({ ...id, ok: false, code: refused ? 'refused' : 'failed', error: (err as Error).message });
+      const code = err instanceof OperationRefusedError ? 'refused' : err instanceof UnknownJobError ? 'bad-request' : 'failed';
+      reply({ ...id, ok: false, code, error: (err as Error).message });
     }
   }
 
@@ -250,7 +255,7 @@ export class ControllerServer {
   #onlyJob(): string {
     const ids = this.controller.jobIds();
     if (ids.length === 1) return ids[0]!;
-    throw new OperationRefusedError(ids.length === 0 ? 'no job known' : `name a job: ${ids.join(', ')}`);
+    throw new UnknownJobError(ids.length === 0 ? 'no job known' : `name a job with --job: ${ids.join(', ')}`);
   }
 
   #becomeAgent(conn: Conn, r: Extract<ClientRequest, { op: 'agent' }>, reply: (r: Reply) => void, id: { id?: number }): void {
@@ -271,8 +276,23 @@ export class ControllerServer {
     for (const s of this.#sockets) s.destroy();
     await Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     this.#servers.length = 0;
-    if (this.options.unixPath) rmSync(this.options.unixPath, { force: true });
+    if (this.options.unixPath && this.#ownsUnixPath) rmSync(this.options.unixPath, { force: true });
+    this.#ownsUnixPath = false;
   }
+}
+
+/** Does something accept connections on this Unix socket? */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    const done = (v: boolean): void => {
+      s.destroy();
+      resolve(v);
+    };
+    s.on('connect', () => done(true));
+    s.on('error', () => done(false));
+    setTimeout(() => done(false), 1_000).unref();
+  });
 }
 
 function listenOn(server: Server, start: (cb: () => void) => void): Promise<void> {

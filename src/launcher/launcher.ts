@@ -122,6 +122,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   let plugins: PluginHost | null = null;
   let socket: string;
   const description = descriptionPath(dir, jobId);
+  let wroteDescription = false;
   let chaos: ChaosQuiescer | null = null;
   let child: ReturnType<typeof spawn> | null = null;
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -165,15 +166,19 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
         ...(opts.hosts ? { hosts: opts.hosts } : {}),
         log: jlog.child({ component: 'controller' }),
       });
-      controller.registerJob({ id: jobId, command, np, launcherPid: process.pid });
-      controller.attachNode(jobId, agent);
       socket = socketPath(dir, jobId);
       server = new ControllerServer(controller, {
         unixPath: socket,
         log: jlog.child({ component: 'server' }),
         plugins: () => plugins?.list() ?? [],
       });
-      await server.listen();
+      try {
+        await server.listen(); // first: a job id in use must not touch the other job's journal
+      } catch (err) {
+        throw new LaunchError(`job id ${jobId}: ${(err as Error).message}; pick another --job-id`);
+      }
+      controller.registerJob({ id: jobId, command, np, launcherPid: process.pid });
+      controller.attachNode(jobId, agent);
       plugins = (await opts.startPlugins?.(controller)) ?? null;
       const host = plugins;
       if (host) {
@@ -185,6 +190,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
         });
       }
     }
+    wroteDescription = true;
     writeDescription(description, { jobId, pid: process.pid, socket, segment: agent.segmentName, startedAt: new Date().toISOString(), command });
     jlog.info({ np, segment: agent.segmentName, socket }, 'starting job');
     child = spawn(mpirun, args, { stdio: 'inherit' });
@@ -227,7 +233,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     if (chaos) await chaos.stop();
-    rmSync(description, { force: true });
+    if (wroteDescription) rmSync(description, { force: true }); // ours only
     await plugins?.close();
     await server?.close();
     await controller?.close();

@@ -64,6 +64,12 @@ export interface ResumeOutcome {
   readonly ranksResumedMs: number | null;
   /** Frozen-interval verification (null when the job was only held). */
   readonly frozenCheck: { ok: true } | { ok: false; reason: string } | null;
+  /**
+   * Ranks that were already running before RESUME (they resumed by
+   * themselves: the agent was gone or the resume limit passed), and why.
+   * Then the frozen interval cannot be proven, and nothing is wrong either.
+   */
+  readonly selfResumed: string | null;
 }
 
 export class QuiesceAbortedError extends Error {
@@ -204,8 +210,8 @@ export class JobQuiescer {
     const t0 = nowMs();
     let epoch = 0;
     try {
-      // One epoch for all nodes: after every node's current one.
-      const before = await this.#reports();
+      // One epoch for all nodes: after every node's current one (fresh: a pushed report may be old).
+      const before = await this.#reports(true);
       epoch = Math.max(this.#epoch, ...before.map((r) => r.snapshot.epoch)) + 1;
       const holdIssued = new Map<string, number>();
       this.#command = 'hold';
@@ -322,21 +328,26 @@ export class JobQuiescer {
     const epoch = this.#epoch;
     const wasCommand = this.#command;
     let frozenCheck: ResumeOutcome['frozenCheck'] = null;
+    let selfResumed: string | null = null;
     if (this.#frozen) {
       // fresh: nothing changes while frozen, so no report was pushed since the frozen one.
       // A node that cannot answer fails the proof, never the resume itself.
       try {
         const after = (await this.#reports(true)).map((r) => r.snapshot);
         frozenCheck = this.#coordinator.verifyFrozen(this.#frozen, after);
+        const early = after.flatMap((n) => n.ranks.filter((r) => r.state === 'running' && r.autoresumed));
+        if (early.length > 0) {
+          selfResumed = `${early.length} rank${early.length === 1 ? '' : 's'} had resumed by themselves (${early[0]!.autoresumeReason ?? 'no reason given'})`;
+        }
       } catch (err) {
         frozenCheck = { ok: false, reason: `could not read every node to verify: ${(err as Error).message}` };
       }
     }
     const t0 = nowMs();
     const issued = await this.#resumeAll();
-    if (wasCommand === 'run') return { epoch, resumeMs: 0, ranksResumedMs: null, frozenCheck };
+    if (wasCommand === 'run') return { epoch, resumeMs: 0, ranksResumedMs: null, frozenCheck, selfResumed };
     const snaps = await this.#waitAll(epoch, 'running', timeoutMs);
-    return { epoch, resumeMs: nowMs() - t0, ranksResumedMs: lastStampMs(snaps, issued, 'resumedNs'), frozenCheck };
+    return { epoch, resumeMs: nowMs() - t0, ranksResumedMs: lastStampMs(snaps, issued, 'resumedNs'), frozenCheck, selfResumed };
   }
 
   /** No more attempts; a running attempt ends with 'closed'. Does not resume (the owner does). */

@@ -103,7 +103,7 @@ t.test('Unix socket: every malformed or random line gets one error reply; the se
   const alive = await controllerRequest(a, { op: 'jobs' }, { timeoutMs: 2_000 });
   t.same(alive, { id: 1, ok: true, result: [] }, 'the server still answers');
   const unknown = await controllerRequest(a, { op: 'status', job: 'nope' }, { timeoutMs: 2_000 });
-  t.match(unknown, { ok: false, code: 'refused', error: /no job 'nope'/ });
+  t.match(unknown, { ok: false, code: 'bad-request', error: /no job 'nope'/ });
   const agentUnknown = await controllerRequest(a, { op: 'agent', job: 'nope', node: 'n1' }, { timeoutMs: 2_000 });
   t.match(agentUnknown, { ok: false, error: /no job 'nope'/ }, 'an agent of an unknown job is turned away');
 });

@@ -68,6 +68,9 @@ t.test('RESUME never comes: ranks resume by themselves after the limit', async (
   const waited = Date.now() - t0;
   t.equal(running, 4, `all ranks running again after ${waited} ms`);
   t.ok(waited >= 300 && waited < 5_000, 'about when the 700 ms limit ran out');
+  const resumed = await jobRequest(desc.socket, { op: 'operate', kind: 'resume' }, 10_000);
+  t.ok(resumed.ok, `the operator's resume afterwards succeeds: ${JSON.stringify(resumed).slice(0, 300)}`);
+  t.match((resumed as { result: { result: { selfResumed: string } } }).result.result.selfResumed, /4 ranks had resumed by themselves \(no RESUME within 700 ms/, 'and says the ranks had resumed by themselves');
   const r = await done;
   t.equal(r.code, 0);
   t.equal(r.stdout, plain.stdout, 'output unchanged');
