@@ -96,13 +96,14 @@ export class RemoteAgentLink implements QuiesceParticipant {
   }
 
   /**
-   * The latest pushed report (no round trip), or a fresh one when asked or
-   * when none came yet. A pushed report may predate our last command; the
+   * The latest pushed report (no round trip), or a fresh one when asked,
+   * when none came yet, or when the last one was not a consistent copy. A pushed report may predate our last command; the
    * coordinator sees that (epoch, command) and waits for the next push.
    */
   async report(fresh = false): Promise<ParticipantReport> {
     if (this.#closedWhy !== null) throw new Error(`node ${this.node} is gone (${this.#closedWhy})`);
-    if (!fresh && this.#latest) return this.#latest;
+    // a torn copy (ranks moved while it was taken) is never reused: the next push may be long in coming
+    if (!fresh && this.#latest?.snapshot.consistent) return this.#latest;
     const r = decodeReport(await this.#call({ call: 'report' }), this.node);
     this.#latest = r;
     return r;

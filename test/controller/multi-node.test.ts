@@ -109,7 +109,7 @@ t.test('global quiesce across two nodes, by API and by CLI', async (t) => {
     drained += out.summary.drainedNow;
     const r = await ctl.controller.request({ job: jobId, kind: 'resume', requestedBy: 'test' });
     t.ok(r.ok, `resume ${i}: ${r.error ?? 'ok'}`);
-    t.same((r.result as { frozenCheck: unknown }).frozenCheck, { ok: true }, 'no MPI progress on any node while frozen');
+    t.same((r.result as { frozenCheck: unknown } | undefined)?.frozenCheck, { ok: true }, 'no MPI progress on any node while frozen');
     cycles++;
     await new Promise((res) => setTimeout(res, 20));
   }
