@@ -67,7 +67,7 @@ async function run(argv: readonly string[]): Promise<number> {
     }
     const { config: cfg, source } = config(explicit);
     if (process.env.SYMBIO_LOG_LEVEL === undefined) logger.level = cfg.log.level;
-    const log = logger.child({ component: 'launcher' });
+    const log = logger; // the launcher names its components itself
     const result = await launch({
       argv,
       log,
@@ -165,7 +165,7 @@ function program(): Command {
     .action(async (o) => {
       const { config: cfg, source } = config(o.config);
       if (process.env.SYMBIO_LOG_LEVEL === undefined) logger.level = cfg.log.level;
-      const c = await startStandaloneController(cfg, source, logger.child({ component: 'controller' }));
+      const c = await startStandaloneController(cfg, source, logger);
       logger.info({ socket: c.socket, tcp: c.server.tcpAddress, config: source ?? '(defaults)' }, 'controller listening');
       await new Promise<void>((resolve) => {
         const stop = (sig: NodeJS.Signals): void => {

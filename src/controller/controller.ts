@@ -113,7 +113,8 @@ export class Controller extends EventEmitter<ControllerEvents> {
     if (existing && existing.state !== 'finished' && existing.state !== 'failed') {
       throw new OperationRefusedError(`job ${desc.id} is already registered and running`);
     }
-    const log = this.#log.child({ job: desc.id });
+    // an embedded controller's logger is already the job's (pino would repeat the key)
+    const log = this.#log.bindings().job === desc.id ? this.#log : this.#log.child({ job: desc.id });
     const job: JobEntry = {
       id: desc.id,
       command: desc.command,

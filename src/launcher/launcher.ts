@@ -93,6 +93,8 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   const shim = resolveShim();
   const jobId = parsed.symbio.jobId ?? `job-${randomBytes(4).toString('hex')}`;
   const jlog = log.child({ job: jobId });
+  // component loggers hang off the job's, never off each other (pino would repeat the key)
+  const llog = jlog.child({ component: 'launcher' });
   const np = parsed.np;
   const slots = np ?? DEFAULT_SLOTS_WITHOUT_NP;
   const resumeTimeoutMs = parsed.symbio.resumeTimeoutMs ?? opts.resumeTimeoutMs ?? 60_000;
@@ -126,7 +128,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   let chaos: ChaosQuiescer | null = null;
   let child: ReturnType<typeof spawn> | null = null;
   const onSignal = (sig: NodeJS.Signals): void => {
-    jlog.warn({ signal: sig }, 'signal: resuming ranks and stopping the job');
+    llog.warn({ signal: sig }, 'signal: resuming ranks and stopping the job');
     try {
       if (agent.segment.command().command !== 'run') agent.segment.resume();
     } catch {
@@ -192,13 +194,13 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     }
     wroteDescription = true;
     writeDescription(description, { jobId, pid: process.pid, socket, segment: agent.segmentName, startedAt: new Date().toISOString(), command });
-    jlog.info({ np, segment: agent.segmentName, socket }, 'starting job');
+    llog.info({ np, segment: agent.segmentName, socket }, 'starting job');
     child = spawn(mpirun, args, { stdio: 'inherit' });
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
     const exited = new Promise<number>((resolve) => {
       child!.on('error', (err) => {
-        jlog.error({ err: err.message }, 'mpirun failed to start');
+        llog.error({ err: err.message }, 'mpirun failed to start');
         resolve(127);
       });
       child!.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? signalNumber(signal) : 0)));
@@ -214,7 +216,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
       chaos = c;
       // cycles start once every rank is attached (a quiesce before that waits for nothing)
       if (np) {
-        agent.waitForRanks(np, 120_000).then(() => c.start(), (err: Error) => jlog.warn({ err: err.message }, 'chaos not started'));
+        agent.waitForRanks(np, 120_000).then(() => c.start(), (err: Error) => llog.warn({ err: err.message }, 'chaos not started'));
       } else {
         c.start();
       }
@@ -222,12 +224,12 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     const exitCode = await exited;
     const report = chaos ? await chaos.stop() : null;
     if (report) {
-      jlog.info({ chaos: report }, `chaos quiesce: ${report.completed} cycles completed, ${report.aborted} abandoned, ${report.verifyFailures} failed checks`);
+      llog.info({ chaos: report }, `chaos quiesce: ${report.completed} cycles completed, ${report.aborted} abandoned, ${report.verifyFailures} failed checks`);
       if (parsed.symbio.chaosReport) writeFileSync(parsed.symbio.chaosReport, JSON.stringify(report, null, 2) + '\n');
     }
     controller?.jobFinished(jobId, exitCode);
     session?.finished(exitCode);
-    jlog.info({ exitCode }, 'job finished');
+    llog.info({ exitCode }, 'job finished');
     return { exitCode, jobId, chaos: report };
   } finally {
     process.off('SIGINT', onSignal);
