@@ -143,9 +143,14 @@ export function formatEvent(e: JournalEvent): string {
   const { at: _at, type, job: _job, ...rest } = e;
   const detail = Object.entries(rest)
     .filter(([, v]) => v !== undefined)
-    .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+    .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v, roundFloats) : typeof v === 'number' ? String(roundFloats('', v)) : String(v)}`)
     .join(' ');
   return `${t}  ${type.padEnd(20)} ${detail}`;
+}
+
+/** Durations print as 8.23, not 8.234130859375 (the journal keeps them exact). */
+function roundFloats(_key: string, v: unknown): unknown {
+  return typeof v === 'number' && !Number.isInteger(v) ? Math.round(v * 100) / 100 : v;
 }
 
 /** "quiescing 12 ms, freezing 1 ms, ..." */
