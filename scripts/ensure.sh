@@ -4,7 +4,7 @@
 # Called first by `npm test`, `npm run demo` and `npm run bench` (and so by
 # .ci/run on a fresh machine). Does only what is missing or stale, so it is
 # quick (well under a second) when everything is in place:
-#   a. system packages (Open MPI, cmake, compilers): apt-get when root,
+#   a. system packages (Open MPI, cmake, compilers, QEMU): apt-get when root,
 #      otherwise print the command to run and stop;
 #   b. npm dependencies: `npm ci` when node_modules is missing or older than
 #      package-lock.json;
@@ -31,9 +31,9 @@ NATIVE_STAMP="build/.symbio-native.stamp"
 TS_STAMP="dist/.symbio-ts.stamp"
 TS_DIRS=(src bench plugins)
 
-APT_PACKAGES=(openmpi-bin libopenmpi-dev cmake g++ make pkg-config)
+APT_PACKAGES=(openmpi-bin libopenmpi-dev cmake g++ make pkg-config qemu-system-x86)
 # Commands those packages provide: the check used where dpkg is not available.
-NEEDED_COMMANDS=(mpirun mpicc cmake g++ make pkg-config)
+NEEDED_COMMANDS=(mpirun mpicc cmake g++ make pkg-config qemu-system-x86_64)
 
 say() { printf 'symbio: %s\n' "$*" >&2; }
 note() { [[ -z "${SYMBIO_ENSURE_VERBOSE:-}" ]] || say "$@"; }
