@@ -254,7 +254,14 @@ export class Controller extends EventEmitter<ControllerEvents> {
       [...job.nodes.values()].map(async (p) => {
         try {
           const r = await p.report(true); // now, not the last pushed one (pushes stop when nothing is under way)
-          return { node: p.node, epoch: r.snapshot.epoch, command: r.snapshot.command, ranks: r.snapshot.ranks };
+          const hb = (p as { lastHeartbeat?: { receivedAt: number } | null }).lastHeartbeat;
+          return {
+            node: p.node,
+            epoch: r.snapshot.epoch,
+            command: r.snapshot.command,
+            ...(hb ? { heartbeatAgeMs: Date.now() - hb.receivedAt } : {}),
+            ranks: r.snapshot.ranks,
+          };
         } catch (err) {
           return { node: p.node, error: (err as Error).message, ranks: [] };
         }

@@ -21,8 +21,7 @@ export class RemoteAgentLink implements QuiesceParticipant {
   #closedWhy: string | null = null;
   /** The agent's last pushed report: operations read it instead of asking every round. */
   #latest: ParticipantReport | null = null;
-  /** Last heartbeat: when, and each rank's [worldRank, state, sent, received]. */
-  lastHeartbeat: { at: number; receivedAt: number; ranks: [number, string, number, number][] } | null = null;
+  #heartbeat: { line: string; receivedAt: number } | null = null;
 
   constructor(
     readonly node: string,
@@ -53,8 +52,7 @@ export class RemoteAgentLink implements QuiesceParticipant {
         this.#wake();
         return null;
       case 'heartbeat':
-        if (typeof m.at !== 'number' || !Array.isArray(m.ranks)) return 'heartbeat needs at and ranks';
-        this.lastHeartbeat = { at: m.at, receivedAt: Date.now(), ranks: m.ranks as [number, string, number, number][] };
+        this.#heartbeat = { line: JSON.stringify(m), receivedAt: Date.now() };
         return null;
       case 'changed':
         this.#wake();
@@ -76,6 +74,24 @@ export class RemoteAgentLink implements QuiesceParticipant {
     if (m.ok === true) p.resolve(m.result);
     else p.reject(new Error(`node ${this.node}: ${typeof m.error === 'string' ? m.error : 'call failed'}`));
     return null;
+  }
+
+  /** A heartbeat line, kept unparsed until someone looks (see lastHeartbeat). */
+  heartbeatLine(line: string): void {
+    this.#heartbeat = { line, receivedAt: Date.now() };
+  }
+
+  /** Last heartbeat: when it came, and each rank's [worldRank, state, sent, received]; null if none or malformed. */
+  get lastHeartbeat(): { at: number; receivedAt: number; ranks: [number, string, number, number][] } | null {
+    const h = this.#heartbeat;
+    if (!h) return null;
+    try {
+      const m = JSON.parse(h.line) as { at?: unknown; ranks?: unknown };
+      if (typeof m.at !== 'number' || !Array.isArray(m.ranks)) return null;
+      return { at: m.at, receivedAt: h.receivedAt, ranks: m.ranks as [number, string, number, number][] };
+    } catch {
+      return null;
+    }
   }
 
   #wake(): void {

@@ -41,6 +41,9 @@ interface Conn {
   agentJob: string | null;
 }
 
+/** How an agent's heartbeat line starts (the agent writes it so: ControllerSession). */
+const HEARTBEAT_PREFIX = '{"event":"heartbeat"';
+
 /** TCP peers that have not said hello yet, at most. */
 const MAX_UNAUTHENTICATED = 64;
 const HELLO_TIMEOUT_MS = 5_000;
@@ -169,6 +172,12 @@ export class ControllerServer {
 
   async #onLine(conn: Conn, line: string): Promise<void> {
     if (conn.socket.destroyed) return;
+    // Heartbeats are most of what a thousand agents send and are rarely read:
+    // keep the line, parse it when someone asks (the hot path at scale).
+    if (conn.agent && line.startsWith(HEARTBEAT_PREFIX)) {
+      conn.agent.heartbeatLine(line);
+      return;
+    }
     const parsed = parseJsonLine(line);
     if (conn.agent) {
       const problem = parsed.ok ? conn.agent.handleLine(parsed.value) : parsed.error;

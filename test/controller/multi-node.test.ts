@@ -123,6 +123,8 @@ t.test('global quiesce across two nodes, by API and by CLI', async (t) => {
     const st = await run(process.execPath, [symbioCli, 'status', '--controller', ctl.socket, '--job', jobId, '--json']);
     const nodes = (JSON.parse(st.stdout) as { nodes: { node: string; ranks: { state: string }[] }[] }).nodes;
     t.same(nodes.map((n) => n.node).sort(), ['a', 'b'], 'status lists both nodes');
+    const ages = (JSON.parse(st.stdout) as { nodes: { heartbeatAgeMs?: number }[] }).nodes.map((n) => n.heartbeatAgeMs);
+    t.ok(ages.every((a) => typeof a === 'number' && a >= 0 && a < 5_000), `both agents' heartbeats are recent: ${ages.join(', ')} ms`);
     const res = await run(process.execPath, [symbioCli, 'resume', '--controller', ctl.socket, '--job', jobId]);
     t.equal(res.code, 0, `CLI resume: ${res.stderr}`);
   } else {
