@@ -10,8 +10,7 @@
  */
 import type { Socket } from 'node:net';
 import { controllerRequestOn, describeAddress, openConnection, type ControllerAddress } from '../controller/client.js';
-import { parseJsonLine, readJsonLines, writeJsonLine } from '../util/json-lines.js';
-import { MAX_LINE_BYTES } from '../controller/protocol.js';
+import { parseJsonLine, writeJsonLine } from '../util/json-lines.js';
 import { sumCounts } from '../quiesce/snapshot.js';
 import { encodeReport } from '../quiesce/wire.js';
 import type { NodeAgent } from './node-agent.js';
@@ -85,8 +84,9 @@ export class ControllerSession {
     this.options.log.info({ controller: describeAddress(address), job, node }, 'attached to controller');
     this.#heartbeat ??= setInterval(() => this.#pushHeartbeat(), this.options.heartbeatMs ?? 1_000);
     this.#heartbeat.unref();
-    const reader = readJsonLines(s, MAX_LINE_BYTES, (line) => void this.#onCall(s, line), () => s.destroy());
-    if (hello.rest) reader.push(hello.rest);
+    const onCall = (line: string): void => void this.#onCall(s, line);
+    hello.lines.setHandlers(onCall, () => s.destroy());
+    for (const line of hello.rest) onCall(line);
     s.on('close', () => this.#onDrop(s));
   }
 

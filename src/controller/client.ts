@@ -4,7 +4,7 @@
  * Unix socket path or tcp://host:port (then a token is needed).
  */
 import { connect, type Socket } from 'node:net';
-import { parseJsonLine, writeJsonLine } from '../util/json-lines.js';
+import { parseJsonLine, readJsonLines, writeJsonLine, type JsonLineReader } from '../util/json-lines.js';
 import { MAX_LINE_BYTES, type Reply } from './protocol.js';
 
 export interface ControllerAddress {
@@ -37,61 +37,59 @@ export interface RequestOptions {
   readonly onProgress?: (progress: unknown) => void;
 }
 
+/** The reply of one exchange, with the stream it came on (for whoever goes on using the socket). */
+export type ExchangeReply = Reply & {
+  /** The socket's line reader, still attached: hand it on with setHandlers. */
+  readonly lines: JsonLineReader;
+  /** Complete lines that arrived after the reply, before anyone took the reader over. */
+  readonly rest: string[];
+};
+
 /**
  * One exchange on an open socket: hello (with the token) when given, the
- * request, progress lines, the reply. The socket stays open and is handed
- * back without our listeners, with whatever arrived after the reply.
+ * request, progress lines, the reply. The socket stays open, without our
+ * error/close listeners; its line reader comes back with the reply.
  */
-export function controllerRequestOn(s: Socket, address: ControllerAddress, request: object, opts: RequestOptions): Promise<Reply & { rest?: string }> {
+export function controllerRequestOn(s: Socket, address: ControllerAddress, request: object, opts: RequestOptions): Promise<ExchangeReply> {
   const where = describeAddress(address);
   return new Promise((resolve, reject) => {
     let settled = false;
-    let buf = '';
     let helloDone = opts.token === undefined;
+    const rest: string[] = [];
     const send = (): void => writeJsonLine(s, helloDone ? { id: 1, ...request } : { id: 0, op: 'hello', token: opts.token });
-    const cleanup = (): void => {
-      clearTimeout(timer);
-      s.off('data', onData);
-      s.off('error', onError);
-      s.off('close', onClose);
-      s.off('connect', send);
-    };
     const finish = (f: () => void): void => {
       if (settled) return;
       settled = true;
-      cleanup();
+      clearTimeout(timer);
+      s.off('error', onError);
+      s.off('close', onClose);
+      s.off('connect', send);
       f();
     };
     const timer = setTimeout(() => finish(() => reject(new Error(`no answer from ${where} within ${opts.timeoutMs} ms`))), opts.timeoutMs);
-    const onData = (chunk: string): void => {
-      buf += chunk;
-      let nl: number;
-      while (!settled && (nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl).trim();
-        buf = buf.slice(nl + 1);
-        if (!line) continue;
-        const p = parseJsonLine(line);
-        if (!p.ok || p.value === null || typeof p.value !== 'object') return finish(() => reject(new Error(`garbled reply from ${where}`)));
-        const v = p.value as Reply & { progress?: unknown };
-        if (!helloDone) {
-          if (!v.ok) return finish(() => resolve(v));
-          helloDone = true;
-          send();
-          continue;
-        }
-        if ('progress' in v && v.progress !== undefined) {
-          opts.onProgress?.(v.progress);
-          continue;
-        }
-        const rest = buf;
-        return finish(() => resolve(rest ? { ...v, rest } : v));
+    const onLine = (line: string): void => {
+      if (settled) {
+        rest.push(line); // for the next owner of the stream
+        return;
       }
-      if (buf.length > MAX_LINE_BYTES) finish(() => reject(new Error(`reply from ${where} too long`)));
+      const p = parseJsonLine(line);
+      if (!p.ok || p.value === null || typeof p.value !== 'object') return finish(() => reject(new Error(`garbled reply from ${where}`)));
+      const v = p.value as Reply & { progress?: unknown };
+      if (!helloDone) {
+        if (!v.ok) return finish(() => resolve({ ...v, lines, rest }));
+        helloDone = true;
+        send();
+        return;
+      }
+      if ('progress' in v && v.progress !== undefined) {
+        opts.onProgress?.(v.progress);
+        return;
+      }
+      finish(() => resolve({ ...v, lines, rest }));
     };
+    const lines = readJsonLines(s, MAX_LINE_BYTES, onLine, () => finish(() => reject(new Error(`reply from ${where} too long`))));
     const onError = (err: Error): void => finish(() => reject(new Error(`cannot reach the controller at ${where}: ${err.message}`)));
     const onClose = (): void => finish(() => reject(new Error(`${where} closed the connection without answering`)));
-    s.setEncoding('utf8');
-    s.on('data', onData);
     s.on('error', onError);
     s.on('close', onClose);
     if (s.connecting) s.once('connect', send);
@@ -103,7 +101,7 @@ export function controllerRequestOn(s: Socket, address: ControllerAddress, reque
 export async function controllerRequest(address: ControllerAddress, request: object, opts: RequestOptions): Promise<Reply> {
   const s = openConnection(address);
   try {
-    const { rest: _rest, ...reply } = await controllerRequestOn(s, address, request, opts);
+    const { lines: _lines, rest: _rest, ...reply } = await controllerRequestOn(s, address, request, opts);
     return reply as Reply;
   } finally {
     s.destroy();

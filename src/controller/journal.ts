@@ -75,7 +75,7 @@ export class JobJournal {
 }
 
 /** Lines of a JSON-lines file as objects; a torn or foreign line is skipped. */
-export function readJsonLines<T = JournalEvent>(file: string): T[] {
+export function readJsonLinesFile<T = JournalEvent>(file: string): T[] {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -97,7 +97,7 @@ export function readJsonLines<T = JournalEvent>(file: string): T[] {
 }
 
 export function readEvents(stateDir: string, job: string, opts: { since?: number; limit?: number; types?: readonly string[] } = {}): JournalEvent[] {
-  let events = readJsonLines(join(jobDir(stateDir, job), 'events.jsonl'));
+  let events = readJsonLinesFile(join(jobDir(stateDir, job), 'events.jsonl'));
   if (opts.since !== undefined) events = events.filter((e) => e.at >= opts.since!);
   if (opts.types?.length) events = events.filter((e) => opts.types!.includes(e.type));
   if (opts.limit !== undefined) events = events.slice(-opts.limit);
@@ -105,7 +105,7 @@ export function readEvents(stateDir: string, job: string, opts: { since?: number
 }
 
 export function readOperations(stateDir: string, job: string): Record<string, unknown>[] {
-  return readJsonLines<Record<string, unknown>>(join(jobDir(stateDir, job), 'operations.jsonl'));
+  return readJsonLinesFile<Record<string, unknown>>(join(jobDir(stateDir, job), 'operations.jsonl'));
 }
 
 /** Jobs that have a journal, newest first. */

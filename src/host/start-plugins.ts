@@ -5,7 +5,7 @@
  */
 import { configDirOf } from '../config/load.js';
 import type { SymbioConfig } from '../config/schema.js';
-import { loadPlugins } from './plugin-loader.js';
+import { loadPlugins, toConfigured } from './plugin-loader.js';
 import { PluginHost } from './plugin-host.js';
 import type { Controller } from '../controller/controller.js';
 import type { Logger } from '../log.js';
@@ -14,14 +14,7 @@ export async function startPlugins(config: SymbioConfig, source: string | null, 
   const entries = await loadPlugins(config, { configDir: configDirOf(source), source });
   if (entries.length === 0) return null;
   const host = new PluginHost({ controller, log: log.child({ component: 'plugins' }), hookTimeoutMs: config.hooks.timeoutMs });
-  await host.start(
-    entries.map((e) => ({
-      plugin: e.plugin,
-      options: e.options,
-      ...(e.failurePolicy === undefined ? {} : { failurePolicy: e.failurePolicy }),
-      spec: e.spec,
-      intervalMs: e.intervalMs,
-    })),
-  );
+  const configured = toConfigured(entries);
+  await host.start(entries.map((e, i) => ({ ...configured[i]!, spec: e.spec, intervalMs: e.intervalMs })));
   return host;
 }

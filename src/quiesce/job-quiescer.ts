@@ -112,7 +112,7 @@ function lastStampMs(snaps: readonly NodeSnapshot[], issued: ReadonlyMap<string,
 
 export class JobQuiescer {
   #participants: QuiesceParticipant[] = [];
-  #unsubscribe: Array<() => void> = [];
+  readonly #subscriptions = new Map<QuiesceParticipant, () => void>();
   /** Resolves the current wait for a change (one at a time). */
   #changed: (() => void) | null = null;
   /** How long the last evaluation took: at scale, wait that long again for changes to batch up. */
@@ -144,16 +144,24 @@ export class JobQuiescer {
   }
 
   #attach(participants: readonly QuiesceParticipant[]): void {
-    for (const u of this.#unsubscribe) u();
+    // One listener per node for as long as it is a participant: nodes that
+    // stay keep theirs (a job gaining its thousandth node costs one, not all).
+    const keep = new Set(participants);
+    for (const [p, unsubscribe] of this.#subscriptions) {
+      if (!keep.has(p)) {
+        unsubscribe();
+        this.#subscriptions.delete(p);
+      }
+    }
+    for (const p of participants) if (!this.#subscriptions.has(p)) this.#subscriptions.set(p, p.subscribe(this.#onChange));
     this.#participants = [...participants];
-    // One listener per node for the quiescer's whole life: no per-wait registration at scale.
-    const onChange = (): void => {
-      this.#lastChangeAt = nowMs();
-      this.#changeCount++;
-      this.#changed?.();
-    };
-    this.#unsubscribe = this.#participants.map((p) => p.subscribe(onChange));
   }
+
+  readonly #onChange = (): void => {
+    this.#lastChangeAt = nowMs();
+    this.#changeCount++;
+    this.#changed?.();
+  };
 
   get participants(): readonly QuiesceParticipant[] {
     return this.#participants;
@@ -353,8 +361,8 @@ export class JobQuiescer {
   /** No more attempts; a running attempt ends with 'closed'. Does not resume (the owner does). */
   close(): void {
     this.#closed = true;
-    for (const u of this.#unsubscribe) u();
-    this.#unsubscribe = [];
+    for (const unsubscribe of this.#subscriptions.values()) unsubscribe();
+    this.#subscriptions.clear();
     this.#changed?.();
   }
 }

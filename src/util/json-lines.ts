@@ -17,10 +17,16 @@ export class JsonLineReader {
    */
   constructor(
     limit: number,
-    private readonly onLine: (line: string) => void,
-    private readonly onOverflow: (limit: number) => void,
+    private onLine: (line: string) => void,
+    private onOverflow: (limit: number) => void,
   ) {
     this.#limit = limit;
+  }
+
+  /** Give the stream to another reader of it (one exchange done, a session goes on); a partial line is kept. */
+  setHandlers(onLine: (line: string) => void, onOverflow: (limit: number) => void): void {
+    this.onLine = onLine;
+    this.onOverflow = onOverflow;
   }
 
   /** Raise (or lower) the limit, e.g. once a peer has authenticated. */

@@ -64,7 +64,16 @@ t.test('hostile reports are WireErrors', async (t) => {
     t.throws(() => decodeReport(w, 'n'), { name: 'WireError', message: msg }, name);
   }
   for (const v of [null, 1, 'x', [], {}, { v: 1 }]) t.throws(() => decodeReport(v, 'n'), WireError, `not a report: ${JSON.stringify(v)}`);
-  t.ok(MAX_WIRE_WORLD >= 1 << 20);
+  // the bound itself: a world of exactly MAX_WIRE_WORLD decodes, one more does not
+  const sized = (n: number): ReturnType<typeof base> => {
+    const w = base();
+    w.rows[0]![col('worldSize')] = n;
+    (w.rows[0]![col('sent')] as unknown[])[0] = n;
+    (w.rows[0]![col('recvd')] as unknown[])[0] = n;
+    return w;
+  };
+  t.equal(decodeReport(sized(MAX_WIRE_WORLD), 'n').snapshot.ranks[0]!.worldSize, MAX_WIRE_WORLD, 'a world of MAX_WIRE_WORLD is accepted');
+  t.throws(() => decodeReport(sized(MAX_WIRE_WORLD + 1), 'n'), { name: 'WireError', message: /out of range/ }, 'one more is not');
 });
 
 t.test('fuzz: random mutations decode or fail with WireError; decoded ones evaluate', async (t) => {
