@@ -1,0 +1,103 @@
+/**
+ * Live-migrate a running QemuVm to a new QEMU on this machine: start the
+ * destination (`-incoming defer`, possibly already started by the caller to
+ * keep start-up off the critical path), align capabilities, migrate over a
+ * private Unix socket, and end with the guest on the destination and the
+ * source gone — or, on failure, with the guest running on the source and
+ * the destination gone.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Logger } from '../../log.js';
+import {
+  MigrationError,
+  migrationOptionsSchema,
+  prepareIncoming,
+  prepareOutgoing,
+  resumeSourceAfterFailure,
+  runOutgoingMigration,
+  type MigrationOptionsInput,
+  type MigrationProgress,
+  type MigrationResult,
+} from './migration.js';
+import { QemuVm, type QemuStartOptions } from './qemu-vm.js';
+import type { VmSpecInput } from './vm-spec.js';
+
+export interface LiveMigrateOptions extends QemuStartOptions {
+  log: Logger;
+  signal?: AbortSignal;
+  onProgress?: (p: MigrationProgress) => void;
+  /** Keep the source QEMU (in postmigrate) instead of quitting it; default false. */
+  keepSource?: boolean;
+  /** Stream URI; default a private Unix socket. For another host: tcp:HOST:PORT. */
+  uri?: string;
+}
+
+/** Start the destination QEMU of a migration: the spec as given, waiting for migrate-incoming. */
+export async function startDestination(spec: VmSpecInput, o: QemuStartOptions): Promise<QemuVm> {
+  return QemuVm.start({ ...spec, incoming: true }, o);
+}
+
+/**
+ * Move `src`'s guest into `dst` (a spec to start, or a QemuVm from
+ * startDestination). Resolves with the running destination and the
+ * migration's numbers; rejects with a MigrationError after rolling back.
+ */
+export async function liveMigrate(
+  src: QemuVm,
+  dst: VmSpecInput | QemuVm,
+  optionsIn: MigrationOptionsInput,
+  o: LiveMigrateOptions,
+): Promise<{ vm: QemuVm; result: MigrationResult }> {
+  const options = migrationOptionsSchema.parse(optionsIn);
+  const log = o.log.child({ vm: src.name, op: 'migrate', mode: options.mode });
+  const t0 = performance.now();
+  const wasRunning = (await src.status()).running;
+  const target = dst instanceof QemuVm ? dst : await startDestination(dst, o);
+  const sockDir = o.uri ? null : mkdtempSync(join(tmpdir(), 'symbio-mig-'));
+  const uri = o.uri ?? `unix:${join(sockDir!, 's')}`;
+  try {
+    await prepareIncoming(target, uri, options);
+    await prepareOutgoing(src, options);
+    // If the destination dies, say so at once rather than when the stream stalls.
+    const result = await Promise.race([
+      runOutgoingMigration(src, uri, options, { log, signal: o.signal, onProgress: o.onProgress }),
+      target.exited.then((e) => {
+        // a cancel cuts the stream, and the destination exits over it: the cancel is the news
+        if (o.signal?.aborted) throw new MigrationError(`migration of ${src.name} was cancelled`, 'source');
+        throw new MigrationError(`the destination QEMU of ${src.name} exited during the migration (${e.signal ?? `code ${e.code}`})${e.stderr ? `: ${e.stderr.split('\n').slice(-2).join('; ')}` : ''}`, 'source');
+      }),
+    ]);
+    if (wasRunning) await waitRunning(target, 30_000);
+    const wallMs = performance.now() - t0;
+    log.info(
+      { totalMs: result.totalMs, downtimeMs: result.downtimeMs, MiB: Math.round(result.transferredBytes / 2 ** 20), passes: result.passes, postcopyAtMs: result.postcopyStartedAtMs },
+      'migration completed',
+    );
+    if (!o.keepSource) await src.shutdown();
+    return { vm: target, result: { ...result, wallMs } };
+  } catch (err) {
+    const me = err instanceof MigrationError ? err : new MigrationError(`migration of ${src.name} failed: ${(err as Error).message}`, 'source', { cause: err });
+    if (me.guestOn === 'source') {
+      // Stop the source sending first (a dead destination may leave it 'active' until the socket errors).
+      await src.qmp.execute('migrate_cancel').catch(() => undefined);
+      await target.kill();
+      await resumeSourceAfterFailure(src, wasRunning, log).catch((e: unknown) => log.error({ err: e }, 'could not continue the guest on the source'));
+    }
+    throw me;
+  } finally {
+    if (sockDir) rmSync(sockDir, { recursive: true, force: true });
+  }
+}
+
+/** The destination runs once the last page is in (precopy) or at switch-over (postcopy). */
+async function waitRunning(vm: QemuVm, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const st = await vm.status();
+    if (st.running) return;
+    if (Date.now() > deadline) throw new MigrationError(`the destination of ${vm.name} is '${st.status}', not running, ${timeoutMs} ms after the migration completed`, 'lost');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
