@@ -12,6 +12,7 @@ import { parseMpirunArgs, UsageError } from '../launcher/mpirun-args.js';
 import { ask, CliError, events, EXIT, formatEvent, formatPhases, operate, resolveTarget, table, type Target } from './actions.js';
 import { checkConfig, formatEffectiveConfig } from './config-actions.js';
 import { progressDisplay } from './progress.js';
+import { clusterStatus, copyIntoCluster, downCluster, execInCluster, imageBuild, migrateInCluster, upCluster } from './vcluster-actions.js';
 import { listJobs } from '../agent/runtime-dir.js';
 import { ConfigError, loadConfig, readTokenFile } from '../config/load.js';
 import { PluginLoadError } from '../host/plugin-driver.js';
@@ -296,6 +297,130 @@ function program(): Command {
           formatEffectiveConfig(r.config).trimEnd()].join('\n'),
       );
     });
+  const image = p.command('image').description('the guest image of the virtual cluster');
+  image
+    .command('build')
+    .description('build (or reuse) the cached guest image: Debian 12 with Open MPI, Node and symbio')
+    .option('--packages <names>', 'Debian packages to add, comma-separated (e.g. lammps,python3-mpi4py)')
+    .option('--force', 'rebuild the image even if a cached one matches (the debootstrap layer is reused)')
+    .option('--json', 'print the result as JSON')
+    .action(async (o) => {
+      const progress = o.json ? null : progressDisplay();
+      try {
+        const img = await imageBuild({ ...o, log: logger.child({ component: 'image' }), progress });
+        progress?.done();
+        print(o.json, img, () => `image ${img.id} in ${img.dir} (kernel ${img.kernelVersion})`);
+      } finally {
+        progress?.done();
+      }
+    });
+
+  const vc = p.command('vcluster').description('a local virtual cluster of QEMU VMs (tests, demo, benchmarks)');
+  const nameOption = () => new Option('--name <name>', 'cluster name').default('default');
+  vc.command('up')
+    .description('start N VMs from the guest image, with spare slots for migration targets')
+    .addOption(nameOption())
+    .option('-n, --vms <n>', 'number of VMs', '2')
+    .option('--spares <n>', 'spare slots', '1')
+    .option('--memory <MiB>', 'guest memory', '512')
+    .option('--cpus <n>', 'vCPUs per VM', '1')
+    .option('--packages <names>', 'Debian packages to add to the image, comma-separated')
+    .option('--json', 'print the cluster as JSON')
+    .action(async (o) => {
+      const progress = o.json ? null : progressDisplay();
+      try {
+        const st = await upCluster({
+          name: o.name,
+          vms: positiveInt('--vms', o.vms),
+          spares: o.spares === '0' ? 0 : positiveInt('--spares', o.spares),
+          memoryMiB: positiveInt('--memory', o.memory),
+          cpus: positiveInt('--cpus', o.cpus),
+          ...(o.packages ? { packages: o.packages } : {}),
+          log: logger.child({ component: 'vcluster' }),
+          progress,
+        });
+        progress?.done();
+        print(o.json, st, () => `virtual cluster ${st.name}: ${st.vms.map((v) => `${v.name} (ssh port ${v.sshPort})`).join(', ')}; ${st.slots - st.vms.length} spare slot(s); ${st.accel}`);
+      } finally {
+        progress?.done();
+      }
+    });
+  vc.command('status')
+    .description('the VMs of a cluster: slot, pid, QEMU state, ssh port')
+    .addOption(nameOption())
+    .option('--json', 'print the result as JSON')
+    .action(async (o) => {
+      const r = await clusterStatus(o.name, logger.child({ component: 'vcluster' }));
+      print(o.json, r, () =>
+        [`virtual cluster ${r.state.name}: ${r.state.accel}, image ${r.state.image.id}, ${r.state.slots} slots`,
+          table(['VM', 'SLOT', 'PID', 'STATE', 'SSH'], r.vms.map((v) => [v.name, String(v.slot), String(v.pid), v.state, String(v.sshPort)]))].join('\n'),
+      );
+      if (r.vms.some((v) => !v.alive)) throw new CliError(`some VMs of ${o.name} are gone: 'symbio vcluster down --name ${o.name}' cleans up`, EXIT.failed);
+    });
+  vc.command('down')
+    .description('stop every VM of a cluster and remove its sockets and files (also after a crash)')
+    .addOption(nameOption())
+    .option('--json', 'print the result as JSON')
+    .action(async (o) => {
+      const r = await downCluster(o.name, logger.child({ component: 'vcluster' }));
+      print(o.json, r, () => (r.existed ? `virtual cluster ${o.name} is down (${r.stopped} QEMU process(es) stopped)` : `no virtual cluster ${o.name}: nothing to do`));
+    });
+  vc.command('exec')
+    .description('run a command in a guest over ssh; its output and exit code pass through')
+    .addOption(nameOption())
+    .option('--vm <vm>', 'VM name or index', '0')
+    .argument('<command...>', 'the command (after --)')
+    .action(async (command, o) => {
+      process.exitCode = await execInCluster(o.name, o.vm, command);
+    });
+  vc.command('cp')
+    .description('copy files or directories into a directory of the guests (all, or --vm)')
+    .addOption(nameOption())
+    .option('--vm <vm>', 'only this VM (name or index)')
+    .argument('<paths...>', 'SOURCE... DEST-DIRECTORY')
+    .action(async (paths, o) => {
+      const to = await copyIntoCluster(o.name, o.vm, paths);
+      process.stderr.write(`copied into ${to.join(', ')}:${paths[paths.length - 1]}\n`);
+    });
+  vc.command('migrate')
+    .description('raw live migration of one VM to a spare slot (no MPI cooperation)')
+    .addOption(nameOption())
+    .requiredOption('--vm <vm>', 'VM name or index')
+    .option('--slot <n>', 'target slot (default: the first free one)')
+    .addOption(new Option('--mode <mode>', 'migration mode').choices(['precopy', 'postcopy', 'hybrid'] as const).default('precopy' as const))
+    .option('--auto-converge', 'throttle the guest until precopy converges')
+    .option('--xbzrle <MiB>', 'xbzrle cache size')
+    .option('--multifd <channels>', 'multifd channels (precopy only)')
+    .option('--downtime <ms>', 'downtime limit')
+    .option('--bandwidth <MiBps>', 'bandwidth limit')
+    .option('--json', 'print the result as JSON')
+    .action(async (o) => {
+      const progress = o.json ? null : progressDisplay();
+      try {
+        const r = await migrateInCluster({
+          name: o.name,
+          vm: o.vm,
+          ...(o.slot === undefined ? {} : { slot: Number(o.slot) }),
+          migration: {
+            mode: o.mode,
+            autoConverge: o.autoConverge ?? false,
+            ...(o.xbzrle ? { xbzrleCacheBytes: positiveInt('--xbzrle', o.xbzrle) * 2 ** 20 } : {}),
+            ...(o.multifd ? { multifdChannels: positiveInt('--multifd', o.multifd) } : {}),
+            ...(o.downtime ? { downtimeLimitMs: positiveMs('--downtime', o.downtime) } : {}),
+            ...(o.bandwidth ? { bandwidthBps: positiveInt('--bandwidth', o.bandwidth) * 2 ** 20 } : {}),
+          },
+          log: logger.child({ component: 'vcluster' }),
+          progress,
+        });
+        progress?.done();
+        const { samples, ...summary } = r.result;
+        print(o.json, { ...r, result: { ...summary, samples: samples.length } }, () =>
+          `${o.vm}: slot ${r.from} -> ${r.to}, ${r.result.mode}, ${Math.round(r.result.totalMs)} ms total, ${Math.round(r.result.downtimeMs)} ms downtime, ${Math.round(r.result.transferredBytes / 2 ** 20)} MiB sent`,
+        );
+      } finally {
+        progress?.done();
+      }
+    });
   return p;
 }
 
@@ -310,7 +435,8 @@ export async function main(argv: string[], invokedAs: 'symbio' | 'symbio-mpirun'
   if (argv[0] === 'run') return run(argv.slice(1));
   try {
     await program().parseAsync(argv, { from: 'user' });
-    return 0;
+    // a command that passes another program's exit code through (vcluster exec) sets it here
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     const e = err as { code?: string; exitCode?: number; message: string };
     if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return 0;

@@ -8,7 +8,7 @@
  * or dies, that text is the explanation, and it goes into the error.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
 import type { Logger } from '../../log.js';
 import { QmpClient, QmpConnectionError, type QmpStatus } from '../qmp/client.js';
 import { nicDeviceProps, parseVmSpec, qemuArgv, type NicSpec, type VmSpec, type VmSpecInput } from './vm-spec.js';
@@ -32,6 +32,49 @@ export interface QemuStartOptions {
 
 const STDERR_KEEP = 8192;
 
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** `text` reads the end of a file each time (a detached QEMU's stderr). */
+function fileTail(path: string): { text: string } {
+  return {
+    get text() {
+      try {
+        return readFileSync(path, 'utf8').slice(-STDERR_KEEP);
+      } catch {
+        return '';
+      }
+    },
+    set text(_v: string) {
+      // written by QEMU itself
+    },
+  };
+}
+
+/** A QEMU this process did not start: what QemuVm needs of a ChildProcess. */
+class AttachedProcess {
+  gone = false;
+  constructor(readonly pid: number) {}
+  get exitCode(): number | null {
+    return this.gone || !pidAlive(this.pid) ? 0 : null;
+  }
+  readonly signalCode = null;
+  kill(signal: NodeJS.Signals): boolean {
+    try {
+      process.kill(this.pid, signal);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}
+
 export class QemuStartError extends Error {
   override name = 'QemuStartError';
 }
@@ -42,13 +85,13 @@ export class QemuVm {
   readonly pid: number;
   /** Resolves when the QEMU process has exited (never rejects). */
   readonly exited: Promise<QemuExit>;
-  #child: ChildProcess;
+  #child: ChildProcess | AttachedProcess;
   #log: Logger;
   #stderr: { text: string };
   /** Set when symbio itself ends the process: its exit is then no news. */
   readonly #ending = { asked: false };
 
-  private constructor(spec: VmSpec, child: ChildProcess, qmp: QmpClient, exited: Promise<QemuExit>, stderr: { text: string }, log: Logger) {
+  private constructor(spec: VmSpec, child: ChildProcess | AttachedProcess, qmp: QmpClient, exited: Promise<QemuExit>, stderr: { text: string }, log: Logger) {
     this.spec = spec;
     this.#child = child;
     this.pid = child.pid!;
@@ -90,9 +133,15 @@ export class QemuVm {
     // (ECONNREFUSED until the timeout) or, worse, pass for the new one.
     rmSync(spec.qmpSocket, { force: true });
     log.debug({ argv: [spec.qemuBinary, ...argv] }, 'starting QEMU');
-    const child = spawn(spec.qemuBinary, argv, { stdio: ['ignore', 'ignore', 'pipe'], detached: o.detached ?? false });
-    const stderr = { text: '' };
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    // A detached QEMU outlives this process, so its stderr cannot be a pipe
+    // (the pipe would also keep this process alive): it goes to a file
+    // next to the QMP socket, read back when needed.
+    const stderrFile = o.detached ? `${spec.qmpSocket}.stderr` : null;
+    const errFd = stderrFile ? openSync(stderrFile, 'a', 0o600) : null;
+    const child = spawn(spec.qemuBinary, argv, { stdio: ['ignore', 'ignore', errFd ?? 'pipe'], detached: o.detached ?? false });
+    if (errFd !== null) closeSync(errFd);
+    const stderr = stderrFile ? fileTail(stderrFile) : { text: '' };
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => {
       stderr.text = (stderr.text + d).slice(-STDERR_KEEP);
     });
     const exited = new Promise<QemuExit>((resolve) => {
@@ -103,8 +152,8 @@ export class QemuVm {
       child.once('exit', (code, signal) => {
         // stderr may still hold the last words: let them arrive first
         const done = () => resolve({ code, signal, stderr: stderr.text.trim() });
-        if (child.stderr!.readableEnded) done();
-        else child.stderr!.once('close', done);
+        if (!child.stderr || child.stderr.readableEnded) done();
+        else child.stderr.once('close', done);
       });
     });
     if (o.detached) child.unref();
@@ -135,6 +184,29 @@ export class QemuVm {
       else log.debug('QEMU exited');
     });
     return vm;
+  }
+
+  /**
+   * Take over a QEMU that is already running (started earlier by another
+   * symbio process, as the virtual cluster's VMs are): connect to its QMP
+   * socket; its exit is seen as the QMP connection closing and the pid
+   * going away. `spec` must be the one it was started with.
+   */
+  static async attach(input: VmSpecInput | VmSpec, pid: number, o: Omit<QemuStartOptions, 'detached'>): Promise<QemuVm> {
+    const spec = parseVmSpec(input);
+    const log = o.log.child({ vm: spec.name });
+    if (!pidAlive(pid)) throw new QemuStartError(`QEMU of VM ${spec.name} (pid ${pid}) is not running`);
+    const qmp = await QmpClient.connect(spec.qmpSocket, { log, connectTimeoutMs: o.startTimeoutMs ?? 5_000, retryMs: 25, commandTimeoutMs: o.commandTimeoutMs ?? 30_000 });
+    const proc = new AttachedProcess(pid);
+    const stderr = fileTail(`${spec.qmpSocket}.stderr`);
+    const exited = (async (): Promise<QemuExit> => {
+      await qmp.closed;
+      // the socket closes a moment before the process is gone
+      while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+      proc.gone = true;
+      return { code: null, signal: null, stderr: '' };
+    })();
+    return new QemuVm(spec, proc, qmp, exited, stderr, log);
   }
 
   async status(): Promise<QmpStatus> {
