@@ -31,9 +31,14 @@ NATIVE_STAMP="build/.symbio-native.stamp"
 TS_STAMP="dist/.symbio-ts.stamp"
 TS_DIRS=(src bench plugins)
 
-APT_PACKAGES=(openmpi-bin libopenmpi-dev cmake g++ make pkg-config qemu-system-x86)
+# debootstrap .. xz-utils: the guest image (src/image/): debootstrap and its
+# archive keyring for the rootfs, mkfs.ext4 -d for root.img, ssh-keygen/ssh for
+# the image's keys, flock for the cache lock, xz for the kernel's payload.
+APT_PACKAGES=(openmpi-bin libopenmpi-dev cmake g++ make pkg-config qemu-system-x86
+              debootstrap debian-archive-keyring e2fsprogs openssh-client util-linux xz-utils)
 # Commands those packages provide: the check used where dpkg is not available.
-NEEDED_COMMANDS=(mpirun mpicc cmake g++ make pkg-config qemu-system-x86_64)
+NEEDED_COMMANDS=(mpirun mpicc cmake g++ make pkg-config qemu-system-x86_64
+                 debootstrap mkfs.ext4 ssh-keygen ssh flock xz)
 
 say() { printf 'symbio: %s\n' "$*" >&2; }
 note() { [[ -z "${SYMBIO_ENSURE_VERBOSE:-}" ]] || say "$@"; }

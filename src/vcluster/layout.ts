@@ -40,7 +40,7 @@ export interface GuestImageFiles {
 }
 
 /** PCI slots of the guest devices: fixed, identical on every VM and target. */
-export const PCI = { root: 2, mgmt: 3, host: 4, serial: 5, balloon: 6, ic: 7 } as const;
+export const PCI = { root: 2, mgmt: 3, host: 4, serial: 5, balloon: 6, ic: 7, rng: 8 } as const;
 export const AGENT_PORT_NAME = 'org.symbio.agent';
 export const MGMT_SUBNET = '10.10.0';
 export const IC_SUBNET = '10.20.0';
@@ -110,6 +110,7 @@ export function vmSpec(p: VmSpecParams): VmSpecInput {
     ],
     serial: { addr: PCI.serial, ports: [{ id: 'agent', name: AGENT_PORT_NAME, socketPath: paths.agent }] },
     balloon: { addr: PCI.balloon, freePageHint: true },
+    rng: { addr: PCI.rng },
     qmpSocket: paths.qmp,
     consoleLog: paths.console,
     incoming: p.incoming ?? false,

@@ -77,6 +77,8 @@ export const vmSpecSchema = z
       .optional(),
     /** virtio-balloon; free-page hinting lets precopy skip pages the guest has freed. */
     balloon: z.strictObject({ addr: pciSlot, freePageHint: z.boolean().default(true) }).optional(),
+    /** virtio-rng: the guest's entropy pool fills at boot (sshd waits for it otherwise). */
+    rng: z.strictObject({ addr: pciSlot }).optional(),
     qmpSocket: optionPath,
     /** The guest's serial console, appended to this file. */
     consoleLog: optionPath.optional(),
@@ -104,6 +106,7 @@ export const vmSpecSchema = z
       spec.serial.ports.forEach((p, i) => name(p.id, ['serial', 'ports', i, 'id']));
     }
     if (spec.balloon) take(spec.balloon.addr, 'balloon', ['balloon', 'addr']);
+    if (spec.rng) take(spec.rng.addr, 'rng', ['rng', 'addr']);
     const macs = new Set<string>();
     spec.nics.forEach((n, i) => {
       if (macs.has(n.mac)) ctx.addIssue({ code: 'custom', path: ['nics', i, 'mac'], message: `MAC ${n.mac} is used twice` });
@@ -189,6 +192,10 @@ export function qemuArgv(spec: VmSpec): string[] {
     // free-page hints are gathered on an iothread of their own
     if (hint) a.push('-object', 'iothread,id=balloon-io');
     a.push('-device', props({ driver: 'virtio-balloon-pci', id: 'balloon', addr: hex(spec.balloon.addr), ...(hint ? { 'free-page-hint': 'on', iothread: 'balloon-io' } : {}) }));
+  }
+  if (spec.rng) {
+    a.push('-object', 'rng-random,id=rng0,filename=/dev/urandom');
+    a.push('-device', props({ driver: 'virtio-rng-pci', rng: 'rng0', id: 'rng', addr: hex(spec.rng.addr) }));
   }
   if (spec.incoming) a.push('-incoming', 'defer');
   a.push(...spec.extraArgs);
