@@ -56,6 +56,23 @@ const expected = run('mpirun', [...mpiCommon, '-np', '2', prog('halo2d'), HALO_S
 
 const mpirunInGuest = ['mpirun', '--allow-run-as-root', '--oversubscribe', '-np', '4', '--host', 'vm0:2,vm1:2', '/opt/symbio/build/mpi/halo2d', HALO_STEPS];
 
+/**
+ * `p`, or after `ms` a failure that shows what the guests were doing (and
+ * ends the guest job, so the file does not hang until tap's timeout).
+ */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), ms)));
+  const r = await Promise.race([p, late]);
+  clearTimeout(timer);
+  if (r !== 'late') return r;
+  const diag = await Promise.all(
+    ['vm0', 'vm1'].map(async (vm) => `${vm}:\n${(await exec(vm, ['sh', '-c', 'ps -eo pid,stat,etime,args | grep -v "\\[" ; ss -tnp; ip -o addr'])).stdout}`),
+  );
+  await exec('vm0', ['pkill', '-9', 'mpirun']);
+  throw new Error(`${what} did not end within ${ms / 1000} s; the guests:\n${diag.join('\n')}`);
+}
+
 t.test('up: two VMs and a spare slot, reachable over ssh', async (t) => {
   t.equal(state0.vms.length, 2);
   t.equal(state0.slots, 3);
@@ -125,7 +142,7 @@ t.test('raw live migration of vm1 in the middle of an MPI job: the job finishes 
   const m = await vclusterMigrate(NAME, 'vm1', { log, migration: { mode: 'precopy' } });
   t.same([m.from, m.to], [1, 2]);
   t.equal(m.result.status, 'completed');
-  const r = await job;
+  const r = await within(job, 240_000, 'the MPI job after the migration');
   t.equal(r.code, 0, r.stderr);
   t.equal(r.stdout, (await expected).stdout, 'output identical to the uninterrupted run');
   t.equal(readState(NAME)!.vms[1]!.slot, 2);

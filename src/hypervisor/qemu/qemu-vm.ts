@@ -201,8 +201,10 @@ export class QemuVm {
     const stderr = fileTail(`${spec.qmpSocket}.stderr`);
     const exited = (async (): Promise<QemuExit> => {
       await qmp.closed;
-      // the socket closes a moment before the process is gone
-      while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 50));
+      // The socket closes a moment before the process is gone (or because
+      // we closed it, and QEMU runs on): watch the pid with a timer that
+      // does not keep this process alive.
+      while (pidAlive(pid)) await new Promise((r) => setTimeout(r, 100).unref());
       proc.gone = true;
       return { code: null, signal: null, stderr: '' };
     })();
