@@ -100,7 +100,11 @@ t.test('operator commands on a running job', async (t) => {
   );
   t.ok(evs.some((e) => e.type === 'operation' && e.kind === 'resume'), 'journal: the resume');
 
-  // malformed input on the socket: an error reply each time, server survives
+  // malformed input on the socket: an error reply each time, server survives.
+  // The job is held meanwhile, so that it cannot finish (and take its socket
+  // with it) before the last line, however loaded the machine is.
+  const hold = await run(process.execPath, [symbioCli, 'quiesce', '--job', jobId]);
+  t.equal(hold.code, 0, `held for the malformed-input checks ${hold.stderr}`);
   const bad: Array<string | Buffer> = [
     'not json\n',
     '{"op":"explode"}\n',
@@ -118,6 +122,8 @@ t.test('operator commands on a running job', async (t) => {
   }
   const alive = await jobRequest(desc.socket, { op: 'status' }, 5_000);
   t.ok(alive.ok, 'the control socket still answers');
+  const release = await run(process.execPath, [symbioCli, 'resume', '--job', jobId]);
+  t.equal(release.code, 0, `released ${release.stderr}`);
 
   const res = await done;
   t.equal(res.code, 0, 'job exit code passed through');
