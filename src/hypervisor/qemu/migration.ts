@@ -227,7 +227,12 @@ export async function runOutgoingMigration(src: QemuVm, uri: string, o: Migratio
         if (e.event === 'MIGRATION_PASS') pass = Number((e.data as { pass?: number }).pass ?? pass);
         if (e.event === 'MIGRATION') lastStatus = String((e.data as { status?: string }).status ?? lastStatus);
       }
-      const q = await queryMigrate(src);
+      let q = await queryMigrate(src);
+      // QEMU can say 'completed' a moment before it fills in total-time and downtime
+      for (let i = 0; i < 5 && q.status === 'completed' && q['total-time'] === undefined; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        q = await queryMigrate(src);
+      }
       const status = q.status ?? lastStatus;
       const ram = q.ram;
       if (ram) {

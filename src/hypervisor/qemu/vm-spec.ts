@@ -158,7 +158,10 @@ const props = (p: Record<string, string>) =>
 export function qemuArgv(spec: VmSpec): string[] {
   const a: string[] = [
     '-name', `${spec.name},debug-threads=on`,
-    '-machine', `${spec.machine},accel=${spec.accel}`,
+    '-machine', spec.machine,
+    // multi-threaded TCG (one host thread per vCPU) is an -accel property;
+    // QEMU 7.2 refuses accel= on -machine together with -accel
+    '-accel', spec.accel === 'tcg' && spec.cpus > 1 ? 'tcg,thread=multi' : spec.accel,
     '-m', `${spec.memoryMiB}M`,
     '-smp', String(spec.cpus),
     // Nothing implicit: every device below is named and pinned.
@@ -166,7 +169,6 @@ export function qemuArgv(spec: VmSpec): string[] {
     '-qmp', `unix:${spec.qmpSocket},server=on,wait=off`,
     '-serial', spec.consoleLog ? `file:${spec.consoleLog}` : 'null',
   ];
-  if (spec.accel === 'tcg' && spec.cpus > 1) a.push('-accel', 'tcg,thread=multi');
   if (spec.kernel) {
     a.push('-kernel', spec.kernel.path);
     if (spec.kernel.initrd) a.push('-initrd', spec.kernel.initrd);
