@@ -6,6 +6,7 @@
 import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pidAlive } from '../util/process.js';
 
 export function runtimeDir(): string {
   const explicit = process.env.SYMBIO_RUNTIME_DIR;
@@ -35,15 +36,6 @@ export interface JobDescription {
 export const socketPath = (dir: string, jobId: string): string => join(dir, `${jobId}.sock`);
 export const descriptionPath = (dir: string, jobId: string): string => join(dir, `${jobId}.json`);
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Jobs whose launcher is still running (stale descriptions are ignored). */
 export function listJobs(dir = runtimeDir()): JobDescription[] {
   let names: string[];
@@ -57,7 +49,7 @@ export function listJobs(dir = runtimeDir()): JobDescription[] {
     if (!n.endsWith('.json')) continue;
     try {
       const d = JSON.parse(readFileSync(join(dir, n), 'utf8')) as JobDescription;
-      if (typeof d.pid === 'number' && alive(d.pid)) jobs.push(d);
+      if (typeof d.pid === 'number' && pidAlive(d.pid)) jobs.push(d);
     } catch {
       // half-written or foreign file: not a job
     }

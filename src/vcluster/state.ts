@@ -9,7 +9,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, 
 import { join } from 'node:path';
 import { z } from 'zod';
 import { runtimeDir } from '../agent/runtime-dir.js';
-import { pidAlive } from '../hypervisor/qemu/qemu-vm.js';
+import { pidAlive } from '../util/process.js';
 
 export const clusterStateSchema = z.strictObject({
   format: z.literal(1),

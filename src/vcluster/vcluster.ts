@@ -7,13 +7,13 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import type { Logger } from '../log.js';
 import type { MigrationOptionsInput, MigrationProgress, MigrationResult } from '../hypervisor/qemu/migration.js';
 import { liveMigrate } from '../hypervisor/qemu/live-migrate.js';
 import { checkpointVm, restoreVm, type VmCheckpointManifest } from '../hypervisor/qemu/checkpoint.js';
 import { parseVmSpec } from '../hypervisor/qemu/vm-spec.js';
-import { pidAlive, QemuVm } from '../hypervisor/qemu/qemu-vm.js';
+import { QemuVm } from '../hypervisor/qemu/qemu-vm.js';
+import { freePort, pidAlive } from '../util/process.js';
 import { chooseAccel } from './accel.js';
 import { readyLine } from '../image/boot-contract.js';
 import { slotPaths, vmIdentity, vmSpec, type ClusterNetwork, type VmIdentity } from './layout.js';
@@ -34,18 +34,6 @@ export interface UpOptions {
   accel?: 'kvm' | 'tcg';
 }
 
-
-/** A free TCP port on loopback (the kernel's pick). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** Multicast ports no other cluster of this machine uses. */
 function pickNetwork(): ClusterNetwork {

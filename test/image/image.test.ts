@@ -15,7 +15,6 @@
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -28,6 +27,7 @@ import { QmpClient } from '../../src/hypervisor/qmp/client.js';
 import { logger } from '../../src/log.js';
 import { packageRoot } from '../../src/util/package-root.js';
 import { runProcess } from '../../src/util/run-process.js';
+import { freePort } from '../../src/util/process.js';
 
 const log = logger.child({ test: 'image' });
 log.level = process.env.SYMBIO_TEST_LOG ?? 'error';
@@ -175,17 +175,6 @@ t.test('builders serialize on the cache lock', async (t) => {
 
 const MAC = { ic: '52:54:00:5b:00:02', mgmt: '52:54:00:5b:00:01', user: '52:54:00:5b:00:03' };
 const ADDR = { mgmt: '10.10.0.1/24', ic: '10.20.0.1/24' };
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 interface Vm {
   readonly proc: ChildProcess;

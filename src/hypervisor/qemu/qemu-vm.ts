@@ -10,6 +10,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
 import type { Logger } from '../../log.js';
+import { pidAlive } from '../../util/process.js';
 import { QmpClient, QmpConnectionError, type QmpStatus } from '../qmp/client.js';
 import { nicDeviceProps, parseVmSpec, qemuArgv, type NicSpec, type VmSpec, type VmSpecInput } from './vm-spec.js';
 
@@ -32,14 +33,6 @@ export interface QemuStartOptions {
 
 const STDERR_KEEP = 8192;
 
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** `text` reads the end of a file each time (a detached QEMU's stderr). */
 function fileTail(path: string): { text: string } {
