@@ -11,7 +11,7 @@ import { launch, LaunchError } from '../launcher/launcher.js';
 import { parseMpirunArgs, UsageError } from '../launcher/mpirun-args.js';
 import { ask, CliError, events, EXIT, formatEvent, formatPhases, operate, resolveTarget, table, type Target } from './actions.js';
 import { checkConfig, formatEffectiveConfig } from './config-actions.js';
-import { progressDisplay } from './progress.js';
+import { progressDisplay, type Progress } from './progress.js';
 import { clusterStatus, copyIntoCluster, downCluster, execInCluster, imageBuild, migrateInCluster, upCluster } from './vcluster-actions.js';
 import { listJobs } from '../agent/runtime-dir.js';
 import { ConfigError, loadConfig, readTokenFile } from '../config/load.js';
@@ -92,6 +92,16 @@ async function run(argv: readonly string[]): Promise<number> {
       return 2;
     }
     throw err;
+  }
+}
+
+/** Run `fn` with a progress line on a terminal (none with --json); the line is gone before anything is printed. */
+async function withProgress<T>(json: boolean | undefined, fn: (progress: Progress | null) => Promise<T>): Promise<T> {
+  const progress = json ? null : progressDisplay();
+  try {
+    return await fn(progress);
+  } finally {
+    progress?.done();
   }
 }
 
@@ -305,14 +315,8 @@ function program(): Command {
     .option('--force', 'rebuild the image even if a cached one matches (the debootstrap layer is reused)')
     .option('--json', 'print the result as JSON')
     .action(async (o) => {
-      const progress = o.json ? null : progressDisplay();
-      try {
-        const img = await imageBuild({ ...o, log: logger.child({ component: 'image' }), progress });
-        progress?.done();
-        print(o.json, img, () => `image ${img.id} in ${img.dir} (kernel ${img.kernelVersion})`);
-      } finally {
-        progress?.done();
-      }
+      const img = await withProgress(o.json, (progress) => imageBuild({ ...o, log: logger.child({ component: 'image' }), progress }));
+      print(o.json, img, () => `image ${img.id} in ${img.dir} (kernel ${img.kernelVersion})`);
     });
 
   const vc = p.command('vcluster').description('a local virtual cluster of QEMU VMs (tests, demo, benchmarks)');
@@ -327,9 +331,8 @@ function program(): Command {
     .option('--packages <names>', 'Debian packages to add to the image, comma-separated')
     .option('--json', 'print the cluster as JSON')
     .action(async (o) => {
-      const progress = o.json ? null : progressDisplay();
-      try {
-        const st = await upCluster({
+      const st = await withProgress(o.json, (progress) =>
+        upCluster({
           name: o.name,
           vms: positiveInt('--vms', o.vms),
           spares: o.spares === '0' ? 0 : positiveInt('--spares', o.spares),
@@ -338,12 +341,9 @@ function program(): Command {
           ...(o.packages ? { packages: o.packages } : {}),
           log: logger.child({ component: 'vcluster' }),
           progress,
-        });
-        progress?.done();
-        print(o.json, st, () => `virtual cluster ${st.name}: ${st.vms.map((v) => `${v.name} (ssh port ${v.sshPort})`).join(', ')}; ${st.slots - st.vms.length} spare slot(s); ${st.accel}`);
-      } finally {
-        progress?.done();
-      }
+        }),
+      );
+      print(o.json, st, () => `virtual cluster ${st.name}: ${st.vms.map((v) => `${v.name} (ssh port ${v.sshPort})`).join(', ')}; ${st.slots - st.vms.length} spare slot(s); ${st.accel}`);
     });
   vc.command('status')
     .description('the VMs of a cluster: slot, pid, QEMU state, ssh port')
@@ -395,9 +395,8 @@ function program(): Command {
     .option('--bandwidth <MiBps>', 'bandwidth limit')
     .option('--json', 'print the result as JSON')
     .action(async (o) => {
-      const progress = o.json ? null : progressDisplay();
-      try {
-        const r = await migrateInCluster({
+      const r = await withProgress(o.json, (progress) =>
+        migrateInCluster({
           name: o.name,
           vm: o.vm,
           ...(o.slot === undefined ? {} : { slot: Number(o.slot) }),
@@ -411,15 +410,12 @@ function program(): Command {
           },
           log: logger.child({ component: 'vcluster' }),
           progress,
-        });
-        progress?.done();
-        const { samples, ...summary } = r.result;
-        print(o.json, { ...r, result: { ...summary, samples: samples.length } }, () =>
-          `${o.vm}: slot ${r.from} -> ${r.to}, ${r.result.mode}, ${Math.round(r.result.totalMs)} ms total, ${Math.round(r.result.downtimeMs)} ms downtime, ${Math.round(r.result.transferredBytes / 2 ** 20)} MiB sent`,
-        );
-      } finally {
-        progress?.done();
-      }
+        }),
+      );
+      const { samples, ...summary } = r.result;
+      print(o.json, { ...r, result: { ...summary, samples: samples.length } }, () =>
+        `${o.vm}: slot ${r.from} -> ${r.to}, ${r.result.mode}, ${Math.round(r.result.totalMs)} ms total, ${Math.round(r.result.downtimeMs)} ms downtime, ${Math.round(r.result.transferredBytes / 2 ** 20)} MiB sent`,
+      );
     });
   return p;
 }

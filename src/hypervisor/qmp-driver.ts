@@ -6,7 +6,7 @@
  */
 import type { Logger } from '../log.js';
 import { checkpointVm, restoreVm } from './qemu/checkpoint.js';
-import { liveMigrate } from './qemu/live-migrate.js';
+import { liveMigrate, startDestination } from './qemu/live-migrate.js';
 import { QemuVm, type QemuStartOptions } from './qemu/qemu-vm.js';
 import type { HypervisorDriver, VmRunState } from './driver.js';
 import type { MigrationOptionsInput, MigrationProgress } from './qemu/migration.js';
@@ -55,7 +55,7 @@ export class QmpDriver implements HypervisorDriver<QemuVm> {
   }
 
   prepareDestination(spec: VmSpecInput): Promise<QemuVm> {
-    return QemuVm.start({ ...spec, incoming: true }, this.#start);
+    return startDestination(spec, this.#start);
   }
 
   migrate(

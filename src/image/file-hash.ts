@@ -6,7 +6,8 @@
  * so the image id stays a hash of contents, not of timestamps.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, readFileSync, renameSync, rmSync, statSync, writeFileSync, type BigIntStats } from 'node:fs';
+import { sha256File } from '../util/files.js';
+import { readFileSync, renameSync, rmSync, statSync, writeFileSync, type BigIntStats } from 'node:fs';
 
 interface MemoEntry {
   readonly key: string;
@@ -15,11 +16,7 @@ interface MemoEntry {
 
 const statKey = (st: BigIntStats): string => `${st.size}:${st.mtimeNs}:${st.ino}:${st.dev}`;
 
-export async function sha256File(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  return h.digest('hex');
-}
+export { sha256File };
 
 export const sha256Text = (text: string | Buffer): string => createHash('sha256').update(text).digest('hex');
 

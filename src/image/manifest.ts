@@ -4,7 +4,8 @@
  * directory before that directory is renamed into place: a directory without
  * it is incomplete and gets rebuilt.
  */
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { writeFileAtomic } from '../util/files.js';
 import { join } from 'node:path';
 import { z } from 'zod';
 
@@ -64,7 +65,5 @@ export function readManifest<T>(dir: string, name: string, schema: z.ZodType<T>)
 }
 
 export function writeManifest(dir: string, name: string, manifest: object): void {
-  const tmp = join(dir, `.${name}.tmp`);
-  writeFileSync(tmp, JSON.stringify(manifest, null, 2) + '\n');
-  renameSync(tmp, join(dir, name));
+  writeFileAtomic(join(dir, name), JSON.stringify(manifest, null, 2) + '\n');
 }

@@ -5,7 +5,8 @@
  * what to stop (it also scans /proc for QEMUs whose command line names the
  * cluster's directory, in case the crash came before the write).
  */
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeSync } from 'node:fs';
+import { writeFileAtomic } from '../util/files.js';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { runtimeDir } from '../agent/runtime-dir.js';
@@ -57,10 +58,7 @@ export function readState(name: string): ClusterState | null {
 }
 
 export function writeState(state: ClusterState): void {
-  const path = join(state.dir, 'state.json');
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
-  renameSync(tmp, path);
+  writeFileAtomic(join(state.dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
 }
 
 /** Every cluster with a directory on this machine (state or not). */

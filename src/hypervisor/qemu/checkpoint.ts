@@ -17,14 +17,16 @@
  * state file.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, createWriteStream, fsyncSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { createReadStream, createWriteStream, mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { z } from 'zod';
 import type { Logger } from '../../log.js';
+import { fsyncPath, sha256File, writeFileAtomic } from '../../util/files.js';
+import { connectOnce, NOT_YET_LISTENING } from '../../util/unix-socket.js';
 import { migrationOptionsSchema, prepareIncoming, prepareOutgoing, runOutgoingMigration } from './migration.js';
 import { QemuVm, type QemuStartOptions } from './qemu-vm.js';
 import { vmSpecSchema, type VmSpec } from './vm-spec.js';
@@ -98,27 +100,6 @@ function firstConnection(server: Server, timeoutMs: number, what: string): Promi
   });
 }
 
-function writeFileAtomic(path: string, data: string): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'w', 0o600);
-  try {
-    writeFileSync(fd, data);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
-}
-
-function fsyncPath(path: string): void {
-  const fd = openSync(path, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 export interface CheckpointOptions {
   log: Logger;
   /** Leave the guest stopped afterwards (a coordinated checkpoint continues all VMs itself); default: as it was. */
@@ -176,7 +157,7 @@ export async function checkpointVm(vm: QemuVm, dir: string, o: CheckpointOptions
       spec: vm.spec,
       argv: vm.argv,
     };
-    writeFileAtomic(join(dir, manifestFileName(vm.name)), `${JSON.stringify(manifest, null, 2)}\n`);
+    writeFileAtomic(join(dir, manifestFileName(vm.name)), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600, durable: true });
     fsyncPath(dir);
     log.info({ bytes: counter.bytes, ms: Math.round(saveMs), MiBps: Math.round(counter.bytes / 2 ** 20 / (saveMs / 1000)) }, 'checkpoint written');
     return manifest;
@@ -274,23 +255,13 @@ export async function restoreVm(manifestPath: string, o: RestoreOptions): Promis
   }
 }
 
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
-
 async function connectWhenListening(path: string, timeoutMs: number): Promise<Socket> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
-      return await new Promise<Socket>((resolve, reject) => {
-        const s = createConnection(path);
-        s.once('connect', () => (s.off('error', reject), resolve(s)));
-        s.once('error', reject);
-      });
+      return await connectOnce(path);
     } catch (err) {
-      if (Date.now() > deadline) throw new CheckpointError(`QEMU is not listening on ${path} for the restore: ${(err as Error).message}`);
+      if (!NOT_YET_LISTENING.has((err as NodeJS.ErrnoException).code ?? '') || Date.now() > deadline) throw new CheckpointError(`QEMU is not listening on ${path} for the restore: ${(err as Error).message}`);
       await new Promise((r) => setTimeout(r, 20));
     }
   }

@@ -4,7 +4,8 @@
  * connecting, defaults, events as an async stream, and typed wrappers for
  * the few commands the hypervisor driver uses.
  */
-import { createConnection, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { connectOnce, NOT_YET_LISTENING } from '../../util/unix-socket.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import type { Logger } from '../../log.js';
@@ -50,29 +51,12 @@ export interface EventStreamOptions {
 const statusSchema = z.object({ status: z.string(), running: z.boolean() });
 export type QmpStatus = z.infer<typeof statusSchema>;
 
-const CONNECT_RETRY_CODES = new Set(['ENOENT', 'ECONNREFUSED']);
 
 function matcher(filter: EventFilter | undefined): (e: QmpEvent) => boolean {
   if (filter === undefined) return () => true;
   if (typeof filter === 'function') return filter;
   const names = new Set(typeof filter === 'string' ? [filter] : filter);
   return (e) => names.has(e.event);
-}
-
-/** One connection attempt: the socket once connected, or the error (ENOENT while QEMU has not made it yet). */
-function connectOnce(path: string): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const s = createConnection(path);
-    const onError = (err: Error) => {
-      s.destroy();
-      reject(err);
-    };
-    s.once('error', onError);
-    s.once('connect', () => {
-      s.off('error', onError);
-      resolve(s);
-    });
-  });
 }
 
 export class QmpClient {
@@ -107,7 +91,7 @@ export class QmpClient {
         socket = await connectOnce(socketPath);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code ?? '';
-        if (!CONNECT_RETRY_CODES.has(code)) {
+        if (!NOT_YET_LISTENING.has(code)) {
           throw new QmpConnectionError(`cannot connect to QMP socket ${socketPath}: ${(err as Error).message}`, undefined, { cause: err });
         }
         const left = deadline - Date.now();

@@ -1,0 +1,42 @@
+/** File helpers several components share: atomic writes, fsync, hashing. */
+import { createHash } from 'node:crypto';
+import { closeSync, createReadStream, fsyncSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+
+/**
+ * Write `data` to `path` so that a reader sees the old file or the new one,
+ * never half of either: a temporary file next to it, then rename. With
+ * `durable`, the data is fsynced before the rename (a crash then cannot
+ * leave a renamed but empty file).
+ */
+export function writeFileAtomic(path: string, data: string, o: { mode?: number; durable?: boolean } = {}): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  try {
+    const fd = openSync(tmp, 'w', o.mode ?? 0o644);
+    try {
+      writeFileSync(fd, data);
+      if (o.durable) fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+}
+
+/** fsync a file or directory by path (a directory: so a rename in it is durable). */
+export function fsyncPath(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
