@@ -11,8 +11,7 @@
 import type { Socket } from 'node:net';
 import { controllerRequestOn, describeAddress, openConnection, type ControllerAddress } from '../controller/client.js';
 import { parseJsonLine, writeJsonLine } from '../util/json-lines.js';
-import { sumCounts } from '../quiesce/snapshot.js';
-import { encodeReport } from '../quiesce/wire.js';
+import { AgentEndpoint, type IncomingCall } from './agent-endpoint.js';
 import type { NodeAgent } from './node-agent.js';
 import type { Logger } from '../log.js';
 
@@ -29,24 +28,17 @@ export interface ControllerSessionOptions {
   readonly heartbeatMs?: number;
 }
 
-function live(state: string): boolean {
-  return state !== 'empty' && state !== 'finalized' && state !== 'detached';
-}
-
 export class ControllerSession {
   #socket: Socket | null = null;
   #closed = false;
-  #changePending = false;
-  /** The last pushed report showed an operation under way (so the settling back to running is pushed too). */
-  #lastPushActive = false;
-  #heartbeat: NodeJS.Timeout | null = null;
-  readonly #onChange = (): void => this.#pushChanged();
+  readonly #endpoint: AgentEndpoint;
 
   constructor(
     private readonly agent: NodeAgent,
     private readonly options: ControllerSessionOptions,
   ) {
-    agent.on('changed', this.#onChange);
+    this.#endpoint = new AgentEndpoint(options.heartbeatMs ?? 1_000);
+    this.#endpoint.setAgent(agent);
   }
 
   /** Connect and attach; rejects if the first attempt fails (later drops reconnect by themselves). */
@@ -82,88 +74,24 @@ export class ControllerSession {
     }
     this.#socket = s;
     this.options.log.info({ controller: describeAddress(address), job, node }, 'attached to controller');
-    this.#heartbeat ??= setInterval(() => this.#pushHeartbeat(), this.options.heartbeatMs ?? 1_000);
-    this.#heartbeat.unref();
+    this.#endpoint.connect((m) => writeJsonLine(s, m));
     const onCall = (line: string): void => void this.#onCall(s, line);
     hello.lines.setHandlers(onCall, () => s.destroy());
     for (const line of hello.rest) onCall(line);
     s.on('close', () => this.#onDrop(s));
   }
 
-  #pushChanged(): void {
-    // Coalesce a burst of rank changes into one push per tick.
-    if (this.#changePending || !this.#socket) return;
-    this.#changePending = true;
-    setImmediate(() => {
-      this.#changePending = false;
-      this.#pushReport(false);
-    });
-  }
-
-  /**
-   * Full reports go out while an operation is under way (a command other
-   * than run, or ranks not yet back to running) and once more when it has
-   * settled: the controller decides from them without asking each round.
-   * Otherwise only the heartbeat carries counters.
-   */
-  #pushReport(always: boolean): void {
-    const s = this.#socket;
-    if (!s || this.agent.segment.closed) return;
-    const r = this.agent.snapshot();
-    const active = r.command !== 'run' || r.ranks.some((x) => live(x.state) && x.state !== 'running');
-    if (always || active || this.#lastPushActive) {
-      writeJsonLine(s, { event: 'report', report: encodeReport({ snapshot: r, exited: [...this.agent.exited.values()].map((x) => ({ slot: x.slot, pid: x.pid })) }) });
-    }
-    this.#lastPushActive = active;
-  }
-
-  #pushHeartbeat(): void {
-    const s = this.#socket;
-    if (!s || this.agent.segment.closed) return;
-    const ranks = this.agent.snapshot().ranks.filter((x) => x.state !== 'empty').map((x) => [x.worldRank, x.state, sumCounts(x.sent), sumCounts(x.recvd)]);
-    writeJsonLine(s, { event: 'heartbeat', at: Date.now(), ranks });
-  }
-
   async #onCall(s: Socket, line: string): Promise<void> {
     const p = parseJsonLine(line);
-    const call = (p.ok ? p.value : null) as { id?: unknown; call?: unknown; epoch?: unknown; slot?: unknown; targets?: unknown } | null;
-    if (!call || typeof call.id !== 'number') return;
-    const id = call.id;
-    try {
-      let result: unknown;
-      switch (call.call) {
-        case 'report':
-          result = encodeReport(await this.agent.report());
-          break;
-        case 'hold':
-          if (typeof call.epoch !== 'number') throw new Error('hold needs an epoch');
-          result = await this.agent.hold(call.epoch);
-          break;
-        case 'freeze':
-          result = await this.agent.freeze();
-          break;
-        case 'resume':
-          result = await this.agent.resume();
-          break;
-        case 'setCatchup':
-          if (typeof call.slot !== 'number' || typeof call.epoch !== 'number' || !Array.isArray(call.targets)) throw new Error('setCatchup needs slot, epoch, targets');
-          await this.agent.setCatchup(call.slot, call.epoch, call.targets as { gid: string; target: number }[]);
-          result = null;
-          break;
-        default:
-          throw new Error(`unknown call ${JSON.stringify(call.call)}`);
-      }
-      writeJsonLine(s, { id, ok: true, result });
-      // after a command, the controller waits for the ranks to follow it: tell it at once
-      if (call.call === 'hold' || call.call === 'freeze' || call.call === 'resume' || call.call === 'setCatchup') this.#pushReport(true);
-    } catch (err) {
-      writeJsonLine(s, { id, ok: false, error: (err as Error).message });
-    }
+    const call = (p.ok ? p.value : null) as IncomingCall | null;
+    if (!call || typeof call.id !== 'number' || this.#socket !== s) return;
+    await this.#endpoint.answer(call);
   }
 
   #onDrop(s: Socket): void {
     if (this.#socket !== s) return;
     this.#socket = null;
+    this.#endpoint.disconnect();
     if (this.agent.segment.closed) return;
     if (this.agent.segment.command().command !== 'run') {
       this.options.log.warn('controller connection lost with ranks held: resuming them');
@@ -196,8 +124,7 @@ export class ControllerSession {
 
   close(): void {
     this.#closed = true;
-    if (this.#heartbeat) clearInterval(this.#heartbeat);
-    this.agent.off('changed', this.#onChange);
+    this.#endpoint.close();
     const s = this.#socket;
     this.#socket = null;
     s?.end();

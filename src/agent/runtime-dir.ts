@@ -3,7 +3,7 @@
  * $SYMBIO_RUNTIME_DIR, else $XDG_RUNTIME_DIR/symbio, else <tmp>/symbio-<uid>.
  * The directory is 0700 so only the job's user reaches the 0600 sockets.
  */
-import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pidAlive } from '../util/process.js';
@@ -35,6 +35,13 @@ export interface JobDescription {
 
 export const socketPath = (dir: string, jobId: string): string => join(dir, `${jobId}.sock`);
 export const descriptionPath = (dir: string, jobId: string): string => join(dir, `${jobId}.json`);
+
+/** Atomically (rename) publish where operators reach the job (`symbio jobs`). */
+export function publishDescription(path: string, desc: JobDescription): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, JSON.stringify(desc, null, 2) + '\n', { mode: 0o600 });
+  renameSync(tmp, path);
+}
 
 /** Jobs whose launcher is still running (stale descriptions are ignored). */
 export function listJobs(dir = runtimeDir()): JobDescription[] {

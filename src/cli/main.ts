@@ -79,6 +79,8 @@ async function run(argv: readonly string[]): Promise<number> {
       whenBusy: cfg.controller.whenBusy,
       queueLimit: cfg.controller.queueLimit,
       hosts: cfg.hosts,
+      ...(cfg.checkpoint.dir ? { checkpointDir: cfg.checkpoint.dir } : {}),
+      checkpointKeep: cfg.checkpoint.keep,
       ...(process.env.SYMBIO_CONTROLLER ? { controller: process.env.SYMBIO_CONTROLLER } : {}),
       ...(cfg.controller.tokenFile ? { controllerToken: readTokenFile(cfg.controller.tokenFile) } : {}),
       startPlugins: (controller) => startPlugins(cfg, source, controller, log),

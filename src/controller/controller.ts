@@ -15,6 +15,9 @@ import { Operation, type OperationSummary } from './operation.js';
 import { JobQuiescer, type QuiesceOutcome, type QuiesceParticipant } from '../quiesce/job-quiescer.js';
 import type { ClusterView, HostState, JobView, OperationKind, OperationRecord } from '../host/plugin-api.js';
 import type { Logger } from '../log.js';
+import type { GuestAgentLink } from './guest-agent-link.js';
+import type { JobVmBackend } from './vm-backend.js';
+import { cooperativeMigrate, coordinatedCheckpoint, restartFromCheckpoint, type VmJobContext } from './vm-operations.js';
 
 export interface ControllerOptions {
   readonly stateDir: string;
@@ -61,6 +64,16 @@ interface JobEntry {
   lastCheckpoint: JobView['lastCheckpoint'];
   readonly measured: { checkpointMs: number[]; restartMs: number[] };
   readonly log: Logger;
+  /** Set when the job runs in VMs the controller can act on. */
+  vmJob: VmJobContext | null;
+}
+
+export interface VmJobInput {
+  readonly backend: JobVmBackend;
+  /** One agent link per VM, by VM id. */
+  readonly links: ReadonlyMap<string, GuestAgentLink>;
+  readonly checkpointDir: string;
+  readonly keep: number;
 }
 
 /** The request could not be accepted (busy, already held, nothing to act on): nothing was done. */
@@ -133,6 +146,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
       lastCheckpoint: null,
       measured: { checkpointMs: [], restartMs: [] },
       log,
+      vmJob: null,
     };
     this.#jobs.set(desc.id, job);
     this.#record(job, 'job-started', { command: desc.command, np: desc.np, launcherPid: desc.launcherPid });
@@ -152,6 +166,28 @@ export class Controller extends EventEmitter<ControllerEvents> {
     job.quiescer.setParticipants([...job.nodes.values()]);
     if (job.state === 'starting') job.state = 'running';
     this.#record(job, 'node-attached', { node: participant.node, ...(old ? { replaced: true } : {}) });
+  }
+
+  /**
+   * The job runs in VMs: its nodes are the VMs' agent links (stable across
+   * moves), and checkpoint / migrate / restart act through `backend`.
+   */
+  attachVmJob(jobId: string, input: VmJobInput): void {
+    const job = this.#job(jobId);
+    job.vmJob = { job: job.id, command: job.command, np: job.np, backend: input.backend, links: input.links, quiescer: job.quiescer, log: job.log, checkpointDir: input.checkpointDir, keep: input.keep };
+    for (const l of input.links.values()) this.attachNode(jobId, l);
+    this.#syncVms(job);
+  }
+
+  #syncVms(job: JobEntry): void {
+    if (!job.vmJob) return;
+    try {
+      const now = job.vmJob.backend.list();
+      job.vms.clear();
+      for (const v of now) job.vms.set(v.id, { id: v.id, host: v.host, memoryBytes: v.memoryBytes });
+    } catch (err) {
+      job.log.warn({ err: (err as Error).message }, 'cannot list the job\'s VMs');
+    }
   }
 
   /** The node's link is gone. Only that link: a newer one of the same node stays. */
@@ -315,7 +351,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
       job.current = op;
       try {
         if (job.cancelQueued !== null) op.abort(new Error(`not run: ${job.cancelQueued}`));
-        else await this.#run(job, op, req.timeoutMs ?? this.options.quiesce.timeoutMs);
+        else await this.#run(job, op, req.timeoutMs ?? this.options.quiesce.timeoutMs, req.params ?? {});
       } catch (err) {
         // #run handles its own failures; this is a bug or a refused transition
         job.log.error({ op: op.id, err: (err as Error).message }, 'operation ended unexpectedly');
@@ -338,18 +374,54 @@ export class Controller extends EventEmitter<ControllerEvents> {
     }) as Promise<OperationSummary>;
   }
 
-  async #run(job: JobEntry, op: Operation, timeoutMs: number): Promise<void> {
+  async #run(job: JobEntry, op: Operation, timeoutMs: number, params: Readonly<Record<string, unknown>>): Promise<void> {
+    const vmJob = job.vmJob;
+    if (vmJob && VM_KINDS.has(op.kind) && job.held) {
+      op.fail(new Error(`job ${job.id} is ${job.held === 'freeze' ? 'frozen' : 'held'} by an operator; resume it first`));
+      op.to('cancelled');
+      return;
+    }
     switch (op.kind) {
       case 'quiesce':
       case 'freeze':
         return this.#quiesceOp(job, op as Operation<'quiesce' | 'freeze'>, timeoutMs);
       case 'resume':
         return this.#resumeOp(job, op as Operation<'resume'>);
+      case 'migrate':
+      case 'checkpoint':
+      case 'restart':
+        if (vmJob) return this.#vmOp(job, vmJob, op, timeoutMs, params);
+        op.fail(new Error(`${op.kind} needs a hypervisor driver, and none is configured`));
+        op.to('cancelled');
+        return;
       default:
         // checkpoint / migrate / restart were refused in request() for jobs
         // without VMs; VM-backed jobs arrive with the hypervisor driver.
         op.fail(new Error(`${op.kind} needs a hypervisor driver, and none is configured`));
         op.to('cancelled');
+    }
+  }
+
+  async #vmOp(job: JobEntry, ctx: VmJobContext, op: Operation, timeoutMs: number, params: Readonly<Record<string, unknown>>): Promise<void> {
+    try {
+      if (op.kind === 'migrate') await cooperativeMigrate(ctx, op, { ...params }, timeoutMs);
+      else if (op.kind === 'checkpoint') {
+        const path = await coordinatedCheckpoint(ctx, op, timeoutMs);
+        if (path) {
+          const rec = op.record();
+          job.lastCheckpoint = { id: path, at: Date.now(), durationMs: rec.durationMs };
+          // what the application saw: frozen from the first hold to the resume
+          job.measured.checkpointMs.push(rec.durationMs);
+        }
+      } else {
+        await restartFromCheckpoint(ctx, op, { ...(job.lastCheckpoint && params.manifest === undefined ? { manifest: job.lastCheckpoint.id } : {}), ...params });
+        if (op.record().ok) job.measured.restartMs.push(op.record().durationMs);
+      }
+    } catch (err) {
+      // a refused request (bad parameters) before any phase
+      if (!op.finished) op.abort(err);
+    } finally {
+      this.#syncVms(job);
     }
   }
 

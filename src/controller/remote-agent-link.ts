@@ -28,6 +28,8 @@ export class RemoteAgentLink implements QuiesceParticipant {
     private readonly socket: Socket,
     private readonly callTimeoutMs: number,
     private readonly onFinished: (exitCode: number) => void,
+    /** Events beyond the quiesce set (a guest agent's output and exit); true when handled. */
+    private readonly onEvent?: (m: Record<string, unknown>) => boolean,
   ) {}
 
   get closed(): boolean {
@@ -64,6 +66,7 @@ export class RemoteAgentLink implements QuiesceParticipant {
       case undefined:
         break;
       default:
+        if (this.onEvent?.(m as Record<string, unknown>)) return null;
         return `unknown event ${JSON.stringify(m.event)}`;
     }
     if (typeof m.id !== 'number') return 'agent sent a line that is neither an answer nor an event';
@@ -99,15 +102,20 @@ export class RemoteAgentLink implements QuiesceParticipant {
   }
 
   #call(body: CallBody): Promise<unknown> {
+    return this.request(body.call, body);
+  }
+
+  /** Any call the agent knows (the guest agent's open, run, network, ...). */
+  request(call: string, body: Record<string, unknown> = {}, timeoutMs = this.callTimeoutMs): Promise<unknown> {
     if (this.#closedWhy !== null) return Promise.reject(new Error(`node ${this.node} is gone (${this.#closedWhy})`));
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
-        reject(new Error(`node ${this.node} did not answer '${body.call}' within ${this.callTimeoutMs} ms`));
-      }, this.callTimeoutMs);
+        reject(new Error(`node ${this.node} did not answer '${call}' within ${timeoutMs} ms`));
+      }, timeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
-      writeJsonLine(this.socket, { id, ...body });
+      writeJsonLine(this.socket, { ...body, id, call });
     });
   }
 

@@ -4,13 +4,13 @@
  * always resumed before we leave, whatever happens.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { constants as osConstants } from 'node:os';
 import { NodeAgent } from '../agent/node-agent.js';
 import { ControllerSession } from '../agent/controller-session.js';
-import { descriptionPath, ensureRuntimeDir, socketPath, type JobDescription } from '../agent/runtime-dir.js';
+import { descriptionPath, ensureRuntimeDir, publishDescription, socketPath } from '../agent/runtime-dir.js';
 import { Controller } from '../controller/controller.js';
 import { ControllerServer } from '../controller/server.js';
 import { describeAddress, parseAddress } from '../controller/client.js';
@@ -19,6 +19,7 @@ import type { PluginHost } from '../host/plugin-host.js';
 import { ChaosQuiescer, type ChaosReport } from './chaos.js';
 import { findExecutable, parseMpirunArgs, UsageError, withShim } from './mpirun-args.js';
 import { nativeArtifact } from '../util/package-root.js';
+import { launchInVms, VmLaunchError, type VmLaunchOptions } from './vm-launcher.js';
 import type { Logger } from '../log.js';
 
 export interface LaunchOptions {
@@ -38,6 +39,11 @@ export interface LaunchOptions {
   readonly controllerToken?: string;
   /** Starts the configured plugins against the embedded controller (run's wiring; none in tests). */
   readonly startPlugins?: (controller: Controller) => Promise<PluginHost | null>;
+  /** Checkpoints of VM jobs: where (default <stateDir>/checkpoints/<job>) and how many to keep. */
+  readonly checkpointDir?: string;
+  readonly checkpointKeep?: number;
+  /** Called once a VM job runs (tests). */
+  readonly onVmStarted?: VmLaunchOptions['onStarted'];
   /** Called once the job runs (tests use it to reach the agent). */
   readonly onStarted?: (ctx: { agent: NodeAgent; jobId: string; socket: string; controller: Controller | null }) => void;
 }
@@ -86,6 +92,30 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     throw err;
   }
   if (!parsed.program) throw new LaunchError('no program to run: symbio-mpirun [mpirun options] <program> [args]');
+  if (parsed.symbio.vcluster) {
+    // the program is a path in the guests: not looked for here
+    try {
+      const r = await launchInVms({
+        parsed,
+        cluster: parsed.symbio.vcluster,
+        log,
+        resumeTimeoutMs: parsed.symbio.resumeTimeoutMs ?? opts.resumeTimeoutMs ?? 60_000,
+        stallMs: opts.stallMs ?? 2_000,
+        quiesceTimeoutMs: opts.quiesceTimeoutMs ?? 30_000,
+        ...(opts.stateDir ? { stateDir: opts.stateDir } : {}),
+        ...(opts.whenBusy ? { whenBusy: opts.whenBusy } : {}),
+        ...(opts.queueLimit ? { queueLimit: opts.queueLimit } : {}),
+        ...(opts.checkpointDir ? { checkpointDir: opts.checkpointDir } : {}),
+        ...(opts.checkpointKeep ? { checkpointKeep: opts.checkpointKeep } : {}),
+        ...(opts.startPlugins ? { startPlugins: opts.startPlugins } : {}),
+        ...(opts.onVmStarted ? { onStarted: opts.onVmStarted } : {}),
+      });
+      return { exitCode: r.exitCode, jobId: r.jobId, chaos: null };
+    } catch (err) {
+      if (err instanceof VmLaunchError) throw new LaunchError(err.message);
+      throw err;
+    }
+  }
   if (!findExecutable(parsed.program)) {
     throw new LaunchError(`program '${parsed.program}' not found (not an executable file, nor in PATH)`);
   }
@@ -193,7 +223,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
       }
     }
     wroteDescription = true;
-    writeDescription(description, { jobId, pid: process.pid, socket, segment: agent.segmentName, startedAt: new Date().toISOString(), command });
+    publishDescription(description, { jobId, pid: process.pid, socket, segment: agent.segmentName, startedAt: new Date().toISOString(), command });
     llog.info({ np, segment: agent.segmentName, socket }, 'starting job');
     child = spawn(mpirun, args, { stdio: 'inherit' });
     process.on('SIGINT', onSignal);
@@ -242,13 +272,6 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     session?.close();
     agent.close();
   }
-}
-
-/** Atomically (rename) publish where operators reach the job (`symbio jobs`). */
-function writeDescription(path: string, desc: JobDescription): void {
-  const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify(desc, null, 2) + '\n', { mode: 0o600 });
-  renameSync(tmp, path);
 }
 
 function signalNumber(sig: NodeJS.Signals): number {

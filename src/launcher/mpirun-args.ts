@@ -31,6 +31,10 @@ export interface SymbioRunOptions {
   controller?: string;
   /** symbio.yaml to use instead of the search order. */
   config?: string;
+  /** Run the job in the VMs of this local virtual cluster. */
+  vcluster?: string;
+  /** Only these VMs of the cluster (default: all). */
+  vms?: string[];
 }
 
 export interface ParsedMpirun {
@@ -73,6 +77,15 @@ const SYMBIO_OPTS: Record<string, (o: SymbioRunOptions, v: string | undefined) =
   '--symbio-controller': (o, v) => {
     if (!v) throw new UsageError('--symbio-controller needs a socket path or tcp://host:port');
     o.controller = v;
+  },
+  '--vcluster': (o, v) => {
+    if (!v || !/^[A-Za-z0-9_.-]{1,32}$/.test(v)) throw new UsageError('--vcluster needs the name of a virtual cluster (symbio vcluster up --name NAME)');
+    o.vcluster = v;
+  },
+  '--vms': (o, v) => {
+    const list = (v ?? '').split(',').filter(Boolean);
+    if (list.length === 0) throw new UsageError('--vms needs a comma-separated list of VM names (vm0,vm1)');
+    o.vms = list;
   },
   '--symbio-config': (o, v) => {
     if (!v) throw new UsageError('--symbio-config needs a file path');

@@ -95,6 +95,7 @@ export function vmSpec(p: VmSpecParams): VmSpecInput {
     ic: { mac: vm.icMac, address: `${vm.icIp}/24` },
     userMac: vm.hostMac,
     hosts: Object.fromEntries(p.all.map((v) => [v.name, v.mgmtIp])),
+    agent: true,
   });
   return {
     name: vm.name,
