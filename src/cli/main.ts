@@ -275,9 +275,13 @@ function program(): Command {
 
   jobOptions(p.command('restart').description('restart a job from a checkpoint'))
     .argument('[manifest]', 'checkpoint manifest (default: the last good checkpoint)')
+    .option('--to <vm=place...>', 'where VMs start (vm1=slot3); default: free places')
     .option('--reason <text>', 'recorded in the journal')
     .action((manifest, o) =>
-      operation('restart', o, (r) => `restart ${r.id} done in ${Math.round(r.durationMs)} ms (${formatPhases(r.phases)})`, manifest ? { manifest } : {}),
+      operation('restart', o, (r) => `restart ${r.id} done in ${Math.round(r.durationMs)} ms (${formatPhases(r.phases)})`, {
+        ...(manifest ? { manifest } : {}),
+        ...(o.to ? { places: placements(o.to) } : {}),
+      }),
     );
 
   const plugins = p.command('plugins').description('plugins');
@@ -426,6 +430,17 @@ function sum(c: unknown): number {
   if (Array.isArray(c)) return c.reduce((a: number, b: number) => a + b, 0);
   const s = c as { counts?: number[] } | null;
   return s?.counts?.reduce((a, b) => a + b, 0) ?? 0;
+}
+
+/** `vm1=slot3` pairs of --to. */
+function placements(pairs: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const p of pairs) {
+    const m = /^([^=\s]+)=([^=\s]+)$/.exec(p);
+    if (!m) throw new CliError(`--to needs vm=place pairs (vm1=slot3), got '${p}'`, EXIT.usage);
+    out[m[1]!] = m[2]!;
+  }
+  return out;
 }
 
 export async function main(argv: string[], invokedAs: 'symbio' | 'symbio-mpirun'): Promise<number> {

@@ -129,7 +129,7 @@ export async function cooperativeMigrate(ctx: VmJobContext, op: PhasedOp, params
         };
         const r = await ctx.backend.move(m, options, onProgress);
         moved.add(m.vm);
-        return { vm: m.vm, to: m.to, totalMs: r.totalMs, downtimeMs: r.downtimeMs, bytes: r.transferredBytes, passes: r.passes, mode: options.mode };
+        return { vm: m.vm, to: m.to, totalMs: r.totalMs, wallMs: Math.round(r.wallMs), downtimeMs: r.downtimeMs, bytes: r.transferredBytes, passes: r.passes, mode: options.mode };
       }),
     );
     op.note({ vms: results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : [])), progress });

@@ -10,6 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { constants as osConstants } from 'node:os';
 import { GuestAgentLink, type GuestExit, type GuestOutput } from '../controller/guest-agent-link.js';
 import { Controller } from '../controller/controller.js';
 import { ControllerServer } from '../controller/server.js';
@@ -96,9 +97,21 @@ export async function launchInVms(o: VmLaunchOptions): Promise<{ exitCode: numbe
   const out = o.output ?? { stdout: process.stdout, stderr: process.stderr };
   const printed = { stdout: 0, stderr: 0 };
   let head: GuestAgentLink | null = null;
+  // A signal goes to mpirun in the guest; if the job has not ended a while
+  // later (its VM unreachable), or on a second signal, we stop waiting: the
+  // user's Ctrl-C always ends symbio-mpirun.
+  let giveUp: ((e: GuestExit) => void) | null = null;
+  let signalled = 0;
   const onSignal = (sig: NodeJS.Signals): void => {
+    const exit: GuestExit = { code: 128 + ((osConstants.signals as Record<string, number>)[sig] ?? 0), signal: sig, stdout: 0, stderr: 0 };
+    if (++signalled > 1) {
+      llog.warn({ signal: sig }, 'second signal: leaving without the job');
+      giveUp?.(exit);
+      return;
+    }
     llog.warn({ signal: sig }, 'signal: passing it to mpirun in the guest');
-    head?.request('signal', { signal: sig }).catch(() => undefined);
+    head?.request('signal', { signal: sig }).catch((err: Error) => llog.warn({ err: err.message }, 'could not pass the signal on'));
+    setTimeout(() => giveUp?.(exit), 10_000).unref();
   };
   try {
     try {
@@ -130,6 +143,7 @@ export async function launchInVms(o: VmLaunchOptions): Promise<{ exitCode: numbe
 
     head = links.get(vms[0]!)!;
     const exited = new Promise<GuestExit>((resolve) => {
+      giveUp = resolve;
       head!.once('exit', resolve);
       // an exit event lost with a connection: the agent says so again when the link reconnects
       head!.on('connected', (r) => {

@@ -229,7 +229,7 @@ export async function runOutgoingMigration(src: QemuVm, uri: string, o: Migratio
       }
       let q = await queryMigrate(src);
       // QEMU can say 'completed' a moment before it fills in total-time and downtime
-      for (let i = 0; i < 5 && q.status === 'completed' && q['total-time'] === undefined; i++) {
+      for (let i = 0; i < 5 && q.status === 'completed' && !q['total-time']; i++) {
         await new Promise((r) => setTimeout(r, 20));
         q = await queryMigrate(src);
       }
