@@ -44,6 +44,8 @@ export interface LaunchOptions {
   readonly checkpointKeep?: number;
   /** Called once a VM job runs (tests). */
   readonly onVmStarted?: VmLaunchOptions['onStarted'];
+  /** Where a VM job's output goes (default: our stdout/stderr). */
+  readonly vmOutput?: VmLaunchOptions['output'];
   /** Called once the job runs (tests use it to reach the agent). */
   readonly onStarted?: (ctx: { agent: NodeAgent; jobId: string; socket: string; controller: Controller | null }) => void;
 }
@@ -109,6 +111,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
         ...(opts.checkpointKeep ? { checkpointKeep: opts.checkpointKeep } : {}),
         ...(opts.startPlugins ? { startPlugins: opts.startPlugins } : {}),
         ...(opts.onVmStarted ? { onStarted: opts.onVmStarted } : {}),
+        ...(opts.vmOutput ? { output: opts.vmOutput } : {}),
       });
       return { exitCode: r.exitCode, jobId: r.jobId, chaos: null };
     } catch (err) {
