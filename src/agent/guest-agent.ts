@@ -177,9 +177,9 @@ export class GuestAgent {
   }
 
   /**
-   * The interconnect NIC came back after a move: the init re-adds its
-   * address when the NIC appears; this waits for that, and does it itself
-   * when it takes longer than a moment (the init's watcher may be busy).
+   * The interconnect NIC came back after a move: wait for the guest to see
+   * the device, then bring it up with its address (idempotent: the init's
+   * watcher does the same when it gets to it). `repaired` says we did it.
    */
   async #network(c: IncomingCall): Promise<object> {
     const mac = typeof c.mac === 'string' ? c.mac.toLowerCase() : '';
@@ -192,7 +192,8 @@ export class GuestAgent {
       const dev = ifaceWithMac(mac);
       if (dev && hasAddress(dev, address)) return { iface: dev, ms: performance.now() - t0, repaired };
       const waited = performance.now() - t0;
-      if (dev && waited > 300 && !repaired) {
+      // the init's NIC watcher would add it too, but it is a shell loop: slower under emulation
+      if (dev && !repaired) {
         repaired = true;
         await runProcess('ip', ['link', 'set', 'dev', dev, 'up']).catch(() => undefined);
         await runProcess('ip', ['addr', 'replace', address, 'dev', dev]).catch(() => undefined);

@@ -1,0 +1,259 @@
+/**
+ * Cooperative migration and coordinated checkpoint/restart of whole MPI jobs
+ * across VMs, end to end: real QEMU guests from the guest image, the
+ * in-guest agents on their virtio-serial ports, a 4-rank halo2d (halo
+ * exchanges point to point, an allreduce every step, a checksum at the end)
+ * run by symbio-mpirun --vcluster, whose output must equal an uninterrupted
+ * run's byte for byte.
+ *
+ *  job A: cooperative migration of one VM, then of both at once, then a
+ *         migration whose destination QEMU is SIGKILLed mid-stream (rolled
+ *         back: the job goes on at the source)
+ *  job B: checkpoint; disk full on a second one (the first stays valid);
+ *         a corrupted and a truncated copy refused naming the file; every
+ *         QEMU killed; restart from the good checkpoint onto other slots
+ *  job C: the launcher (the controller) SIGKILLed while the ranks are
+ *         frozen: they resume by themselves within the limit, the VMs run on
+ */
+import t from 'tap';
+import { spawn, spawnSync } from 'node:child_process';
+import { cpSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeSync, closeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { buildImage } from '../../src/image/build-image.js';
+import { logger } from '../../src/log.js';
+import { launch } from '../../src/launcher/launcher.js';
+import type { Controller } from '../../src/controller/controller.js';
+import type { VclusterJobVms } from '../../src/vcluster/job-vms.js';
+import { JOB_MANIFEST, verifyJobCheckpoint } from '../../src/controller/vm-operations.js';
+import { readState } from '../../src/vcluster/state.js';
+import { guestExec, requireState, vclusterDown, vclusterStatus, vclusterUp } from '../../src/vcluster/vcluster.js';
+import { mpiCommon, prog, run, symbioCli, symbioMpirun } from '../helpers/mpi.js';
+
+const log = logger.child({ test: 'coop' });
+log.level = process.env.SYMBIO_TEST_LOG ?? 'error';
+
+const runtime = mkdtempSync(join(tmpdir(), 'symbio-coop-'));
+process.env.SYMBIO_RUNTIME_DIR = runtime;
+const stateDir = join(runtime, 'state');
+t.teardown(() => rmSync(runtime, { recursive: true, force: true }));
+
+const NAME = 'coop';
+const image = await buildImage({ log });
+t.teardown(() => vclusterDown(NAME, log));
+await vclusterUp({ name: NAME, vms: 2, spares: 2, memoryMiB: 384, cpus: 1, image, log });
+
+const expectedFor = async (steps: string) => (await run('mpirun', [...mpiCommon, '-np', '4', prog('halo2d'), steps])).stdout;
+
+interface Started {
+  controller: Controller;
+  backend: VclusterJobVms;
+  jobId: string;
+}
+
+/** symbio-mpirun --vcluster in this process; resolves `started` once the job's first output line arrived. */
+function startJob(jobId: string, steps: string, extra: { checkpointDir?: string } = {}) {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  let out = '';
+  let err = '';
+  stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+  let ctx: Started | null = null;
+  const done = launch({
+    argv: ['--vcluster', NAME, '--job-id', jobId, '--resume-timeout', '60000', '-np', '4', '/opt/symbio/build/mpi/halo2d', steps],
+    log,
+    stateDir,
+    ...(extra.checkpointDir ? { checkpointDir: extra.checkpointDir } : {}),
+    vmOutput: { stdout, stderr },
+    onVmStarted: (c) => (ctx = { controller: c.controller, backend: c.backend, jobId: c.jobId }),
+  }).then((r) => ({ exitCode: r.exitCode, out, err }));
+  let finished = false;
+  void done.then(() => (finished = true), () => (finished = true));
+  const started = (async (): Promise<Started> => {
+    const t0 = Date.now();
+    while (!(ctx && out.includes('step'))) {
+      if (finished) throw new Error(`job ${jobId} ended before it got going: ${err}`);
+      if (Date.now() - t0 > 120_000) throw new Error(`job ${jobId} did not print a step within 120 s; stderr: ${err}`);
+      await sleep(200);
+    }
+    return ctx;
+  })();
+  return { started, done, output: () => out };
+}
+
+/** The QEMU running in a slot of the cluster (by its command line). */
+function qemuInSlot(slot: string): number | null {
+  const dir = requireState(NAME).dir;
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      if (readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(`${dir}/${slot}.qmp`)) return Number(e);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return null;
+}
+
+const slotOf = (vm: string) => `slot${readState(NAME)!.vms.find((v) => v.name === vm)!.slot}`;
+
+t.test('job A: cooperative migration of one VM, of both, and a destination killed mid-migration', async (t) => {
+  const STEPS = '5000';
+  const expected = expectedFor(STEPS);
+  const job = startJob('coop-a', STEPS);
+  const { controller } = await job.started;
+
+  const before = slotOf('vm1');
+  const one = await controller.request({ kind: 'migrate', requestedBy: 'test', params: { vms: ['vm1'] } });
+  t.ok(one.ok, `vm1 moved cooperatively (${one.error ?? 'ok'})`);
+  t.same(
+    one.phases.map((p) => p.name),
+    ['preparing-destination', 'quiescing', 'freezing', 'detaching', 'migrating', 'attaching', 'restoring-network', 'resuming'],
+    'every phase of the protocol, in order, on the timeline',
+  );
+  t.not(slotOf('vm1'), before, `vm1 runs in another slot now (${before} -> ${slotOf('vm1')})`);
+  const resuming = one.timeline.find((p) => p.name === 'resuming')?.detail as { frozenCheck?: string } | undefined;
+  t.equal(resuming?.frozenCheck, 'ok', 'no rank moved a counter while frozen, across the move');
+  const net = one.timeline.find((p) => p.name === 'restoring-network')?.detail as { interfaces: Record<string, { iface: string }> };
+  t.ok(net.interfaces.vm1?.iface, 'the agent saw the interconnect NIC back with its address');
+
+  const both = await controller.request({ kind: 'migrate', requestedBy: 'test', params: { vms: ['vm0', 'vm1'] } });
+  t.ok(both.ok, `both VMs moved at once (${both.error ?? 'ok'})`);
+  const migrated = (both.timeline.find((p) => p.name === 'migrating')?.detail as { vms: { vm: string }[] }).vms;
+  t.same(migrated.map((v) => v.vm).sort(), ['vm0', 'vm1'], 'two migrations in one migrating phase');
+
+  // The destination dies mid-stream: a bandwidth cap keeps the stream going long enough to kill it.
+  const home = slotOf('vm1');
+  let killed: number | null = null;
+  const failed = await controller.request({
+    kind: 'migrate',
+    requestedBy: 'test',
+    params: { vms: ['vm1'], migration: { bandwidthBps: 16 * 2 ** 20 } },
+    onProgress: (rec) => {
+      if (rec.phase !== 'migrating' || killed !== null) return;
+      const target = (rec.timeline.find((p) => p.name === 'preparing-destination')?.detail as { targets: Record<string, string> }).targets.vm1!;
+      void sleep(500).then(() => {
+        killed = qemuInSlot(target);
+        if (killed) process.kill(killed, 'SIGKILL');
+      });
+    },
+  });
+  t.ok(killed, 'the destination QEMU was killed during the migration');
+  t.notOk(failed.ok, 'that migration failed');
+  t.equal(failed.failedIn, 'migrating', 'in the migrating phase');
+  t.match(failed.error, /destination/i, `and says the destination went away: ${failed.error}`);
+  t.equal(slotOf('vm1'), home, 'vm1 still runs at its source');
+  const rb = failed.timeline.find((p) => p.name === 'rolling-back')?.detail as { rolledBack: { atSource: string[]; problems: string[] } };
+  t.same(rb.rolledBack.atSource, ['vm1'], 'the rollback left vm1 at the source');
+  t.same(rb.rolledBack.problems, [], 'interconnect plugged back and ranks resumed without problems');
+
+  const r = await job.done;
+  t.equal(r.exitCode, 0, 'the job finished');
+  t.equal(r.out, await expected, "its output equals an uninterrupted run's");
+});
+
+t.test('job B: checkpoint, disk full, corrupt and truncated checkpoints, restart onto other slots', async (t) => {
+  const STEPS = '3000';
+  const expected = expectedFor(STEPS);
+  // A small file system for the checkpoints, so that a second one runs out of space.
+  const ckptDir = join(runtime, 'ckpt');
+  mkdirSync(ckptDir);
+  const canMount = process.getuid?.() === 0 && spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1g', 'symbio-test', ckptDir]).status === 0;
+  if (canMount) t.teardown(() => void spawnSync('umount', ['-l', ckptDir]));
+  const job = startJob('coop-b', STEPS, { checkpointDir: ckptDir });
+  const { controller, backend } = await job.started;
+
+  const first = await controller.request({ kind: 'checkpoint', requestedBy: 'test' });
+  t.ok(first.ok, `checkpoint taken (${first.error ?? 'ok'})`);
+  t.same(first.phases.map((p) => p.name), ['quiescing', 'freezing', 'stopping-vms', 'saving', 'writing-manifest', 'continuing', 'resuming'], 'checkpoint phases in order');
+  const good = (first.result as { manifest: string }).manifest;
+  const m = JSON.parse(readFileSync(good, 'utf8')) as { vms: { vm: string; stateFile: string; bytes: number }[]; command: string[]; topology: unknown[] };
+  t.equal(m.vms.length, 2, 'the job manifest names both VMs');
+  t.ok(m.command.includes('/opt/symbio/build/mpi/halo2d'), "and the job's launch line");
+  const memory = 2 * 384 * 2 ** 20;
+  t.ok(m.vms.reduce((a, v) => a + v.bytes, 0) < memory, 'less written than the guests have memory');
+
+  if (canMount) {
+    const used = readdirSync(ckptDir).reduce((a, d) => a + readdirSync(join(ckptDir, d)).reduce((b, f) => b + statSync(join(ckptDir, d, f)).size, 0), 0);
+    t.equal(spawnSync('mount', ['-o', `remount,size=${used + 64 * 2 ** 20}`, ckptDir]).status, 0, 'checkpoint file system shrunk to leave 64 MiB');
+    const full = await controller.request({ kind: 'checkpoint', requestedBy: 'test' });
+    t.notOk(full.ok, 'a checkpoint on a full disk fails');
+    t.match(full.error, /ENOSPC|space/i, `saying why: ${full.error}`);
+    t.same(readdirSync(ckptDir).filter((d) => d !== good.split('/').at(-2)), [], 'and leaves nothing of itself behind');
+    await t.resolves(verifyJobCheckpoint(good), 'the previous checkpoint is still whole');
+  } else {
+    t.pass('disk full not tested: it needs root to mount a small tmpfs', { skip: 'not root' });
+  }
+
+  // Copies of the good checkpoint, one corrupted, one truncated, outside the small file system.
+  const copies = join(runtime, 'copies');
+  const bad = (name: string, damage: (file: string) => void): string => {
+    const dir = join(copies, name);
+    cpSync(join(good, '..'), dir, { recursive: true });
+    damage(join(dir, m.vms[1]!.stateFile));
+    return join(dir, JOB_MANIFEST);
+  };
+  const corrupt = bad('corrupt', (f) => {
+    const fd = openSync(f, 'r+');
+    writeSync(fd, Buffer.from([0x5a]), 0, 1, Math.floor(statSync(f).size / 2));
+    closeSync(fd);
+  });
+  const truncated = bad('truncated', (f) => truncateSync(f, Math.floor(statSync(f).size / 3)));
+  for (const [what, path] of [['corrupted', corrupt], ['truncated', truncated]] as const) {
+    const r = await controller.request({ kind: 'restart', requestedBy: 'test', params: { manifest: path } });
+    t.notOk(r.ok, `restart from a ${what} checkpoint is refused`);
+    t.equal(r.failedIn, 'verifying', 'before anything was touched');
+    t.match(r.error, new RegExp(`${m.vms[1]!.stateFile}`), `naming the file: ${r.error}`);
+  }
+  t.ok((await vclusterStatus(NAME, log)).vms.every((v) => v.alive), 'the VMs were not touched by the refused restarts');
+
+  // Every QEMU dies; the job restarts from the good checkpoint on other slots.
+  const old = { vm0: slotOf('vm0'), vm1: slotOf('vm1') };
+  await backend.kill(['vm0', 'vm1']);
+  const free = backend.freePlaces().filter((p) => !Object.values(old).includes(p));
+  t.equal(free.length, 2, `two slots the VMs did not run in: ${free.join(', ')}`);
+  const restarted = await controller.request({ kind: 'restart', requestedBy: 'test', params: { manifest: good, places: { vm0: free[0]!, vm1: free[1]! } } });
+  t.ok(restarted.ok, `restarted (${restarted.error ?? 'ok'})`);
+  t.same({ vm0: slotOf('vm0'), vm1: slotOf('vm1') }, { vm0: free[0], vm1: free[1] }, 'on the slots asked for');
+
+  const r = await job.done;
+  t.equal(r.exitCode, 0, 'the job finished');
+  t.equal(r.out, await expected, "its output equals an uninterrupted run's (each byte printed once)");
+});
+
+t.test('job C: the controller killed while the ranks are frozen', async (t) => {
+  const LIMIT_MS = 4000;
+  const child = spawn(process.execPath, [symbioMpirun, '--vcluster', NAME, '--job-id', 'coop-c', '--resume-timeout', String(LIMIT_MS), '-np', '4', '/opt/symbio/build/mpi/halo2d', '2500'], {
+    env: { ...process.env, SYMBIO_STATE_DIR: stateDir, SYMBIO_LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  const gone = new Promise((r) => child.once('exit', r));
+  t.teardown(() => void child.kill('SIGKILL'));
+  for (let i = 0; i < 600 && !out.includes('step'); i++) await sleep(200);
+  t.match(out, /step/, 'the job runs');
+  const frozen = spawnSync(process.execPath, [symbioCli, 'quiesce', '--job', 'coop-c', '--json'], { encoding: 'utf8', env: { ...process.env, SYMBIO_LOG_LEVEL: 'error' }, timeout: 60_000 });
+  t.equal(frozen.status, 0, `ranks frozen by an operator: ${frozen.stderr}`);
+  child.kill('SIGKILL');
+  await gone;
+  const t0 = Date.now();
+  // mpirun in vm0 ends when its ranks have run to the end: they must have resumed by themselves
+  let ended = false;
+  while (Date.now() - t0 < 180_000) {
+    const r = await guestExec(requireState(NAME), 'vm0', ['sh', '-c', 'pgrep -x mpirun >/dev/null && echo running || echo ended']);
+    if (r.stdout.includes('ended')) {
+      ended = true;
+      break;
+    }
+    await sleep(1000);
+  }
+  t.ok(ended, `the job ran to its end without its controller (${Math.round((Date.now() - t0) / 1000)} s after the kill)`);
+  const st = await vclusterStatus(NAME, log);
+  t.ok(st.vms.every((v) => v.alive && v.state === 'running'), 'the VMs kept running');
+  const console0 = readFileSync(join(requireState(NAME).dir, `${slotOf('vm0')}.console`), 'utf8');
+  t.match(console0, /controller disconnected/, "vm0's agent saw the controller go");
+});
