@@ -8,6 +8,7 @@
       "sources": [
         "native/addon/addon.cc",
         "native/addon/control_segment.cc",
+        "native/addon/fd_passing.cc",
         "native/addon/peer_credentials.cc",
         "native/addon/segment.cc",
         "native/addon/snapshot_reader.cc",

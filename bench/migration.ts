@@ -12,10 +12,15 @@
  * destination started with `-incoming defer`), so the guest is not
  * re-booted. Per size:
  *   1. checkpoint of the freshly booted, idle guest (checkpointVm), with
- *      `dd if=/dev/zero ... conv=fsync` writing the same number of bytes
- *      into the same directory right after it as the baseline
- *      (checkpoint_vs_dd), then a kill and a restore (restoreVm) from a cold
- *      page cache; the restored guest goes on;
+ *      `dd if=/dev/zero ... bs=1M conv=fsync` writing the same number of
+ *      bytes into the same directory right after it as the baseline
+ *      (checkpoint_vs_dd: both times count from start to data on disk, dd's
+ *      including its process start), then a kill and a restore (restoreVm)
+ *      from a cold page cache; the restored guest goes on. Right before it,
+ *      the same guest is also saved the old way (QEMU streams into a socket,
+ *      Node writes the file: `via: 'socket'`) against the same dd runs
+ *      (socket_checkpoint_vs_dd); each save's phases, from symbio's log, are
+ *      in save_phases_ms;
  *   2. bench/mpi/dirty-mem holding a 64 MiB region and writing nothing
  *      ("idle"), then rewriting it at each of --rates: per workload, `reps`
  *      rounds of precopy -> postcopy -> hybrid (hybrid: postcopy after the
@@ -57,10 +62,33 @@ import { QemuVm } from '../src/hypervisor/qemu/qemu-vm.js';
 import { parseVmSpec, type VmSpecInput } from '../src/hypervisor/qemu/vm-spec.js';
 import { packageRoot } from '../src/util/package-root.js';
 import { runProcess, startProcess } from '../src/util/run-process.js';
-import { logger } from '../src/log.js';
+import { logger, type Logger } from '../src/log.js';
+import { pino } from 'pino';
 
 const log = logger.child({ component: 'bench-migration' });
 log.level = process.env.SYMBIO_BENCH_LOG ?? 'warn';
+
+/** What checkpointVm logged about its last save: which way the state went, and when each phase ended. */
+interface SaveLog {
+  via: string | null;
+  phases: Record<string, number> | null;
+}
+
+/** A logger for checkpointVm that keeps its 'checkpoint written' line (warnings and worse also go to `log`). */
+function saveLogger(): { log: Logger; last: () => SaveLog } {
+  let last: SaveLog = { via: null, phases: null };
+  const l = pino(
+    { level: 'info' },
+    {
+      write(line: string) {
+        const o = JSON.parse(line) as { msg?: string; level?: number; via?: string; marks?: Record<string, number> };
+        if (o.msg === 'checkpoint written') last = { via: o.via ?? null, phases: o.marks ?? null };
+        else if ((o.level ?? 0) >= 40) log.warn({ checkpoint: o }, 'from checkpointVm');
+      },
+    },
+  );
+  return { log: l, last: () => last };
+}
 
 const MODES: readonly MigrationMode[] = ['precopy', 'postcopy', 'hybrid'];
 const MiB = 2 ** 20;
@@ -360,6 +388,7 @@ class Guest {
   port = 0;
   console = '';
   lastSaveStreamMs: number | null = null;
+  lastSave: SaveLog = { via: null, phases: null };
   #hop = 0;
 
   constructor(
@@ -462,8 +491,10 @@ class Guest {
   /** Checkpoint into `dir`, then kill this QEMU (as a crash would) and restore into a new one. */
   async checkpointAndRestore(dir: string): Promise<{ manifest: VmCheckpointManifest; restoreMs: number; savedAt: [number, number] }> {
     const s0 = performance.now();
-    const manifest = await checkpointVm(this.vm, dir, { log });
+    const saveLog = saveLogger();
+    const manifest = await checkpointVm(this.vm, dir, { log: saveLog.log });
     const s1 = performance.now();
+    this.lastSave = saveLog.last();
     // the save's own migration, as QEMU timed it (the rest of saveMs is symbio's: QMP, hashing, fsync)
     const q = await this.vm.qmp.execute<{ 'total-time'?: number }>('query-migrate');
     this.lastSaveStreamMs = q['total-time'] ?? null;
@@ -546,10 +577,19 @@ function median(xs: readonly number[]): number {
 }
 
 /** Checkpoint + dd baseline + cold restore; the guest goes on in the restored QEMU. */
-async function checkpointRound(guest: Guest, tag: string, opts: { dd: boolean; heartbeat: boolean }): Promise<Record<string, unknown>> {
+async function checkpointRound(guest: Guest, tag: string, opts: { dd: boolean; heartbeat: boolean; viaSocketToo?: boolean }): Promise<Record<string, unknown>> {
   const dir = join(guest.res.dir, `ckpt-${guest.name}-${tag}`);
   mkdirSync(dir);
   const mem = await guest.meminfo();
+  let socketSave: { manifest: VmCheckpointManifest; save: SaveLog } | null = null;
+  const socketDir = join(guest.res.dir, `ckpt-${guest.name}-${tag}-socket`);
+  if (opts.viaSocketToo) {
+    mkdirSync(socketDir);
+    const saveLog = saveLogger();
+    const manifest = await checkpointVm(guest.vm, socketDir, { log: saveLog.log, via: 'socket' });
+    socketSave = { manifest, save: saveLog.last() };
+    await sleep(500);
+  }
   const { manifest, restoreMs, savedAt } = await guest.checkpointAndRestore(dir);
   const bytes = manifest.stateBytes;
   const ckMiBps = bytes / MiB / (manifest.saveMs / 1000);
@@ -560,6 +600,8 @@ async function checkpointRound(guest: Guest, tag: string, opts: { dd: boolean; h
     state_vs_guest_memory: round(bytes / (guest.memoryMiB * MiB), 3),
     save_ms: round(manifest.saveMs),
     save_qemu_stream_ms: guest.lastSaveStreamMs,
+    save_via: guest.lastSave.via,
+    save_phases_ms: guest.lastSave.phases,
     checkpoint_MiBps: round(ckMiBps),
     restore_ms: round(restoreMs),
     restore_MiBps: round(bytes / MiB / (restoreMs / 1000)),
@@ -571,7 +613,14 @@ async function checkpointRound(guest: Guest, tag: string, opts: { dd: boolean; h
     const ddMiBps = median(runs.map((r) => r.MiBps));
     out.dd_same_bytes = { runs, median_MiBps: ddMiBps };
     out.checkpoint_vs_dd = round(ckMiBps / ddMiBps, 3);
+    if (socketSave) {
+      const m = socketSave.manifest;
+      const MiBps = m.stateBytes / MiB / (m.saveMs / 1000);
+      out.socket_checkpoint = { via: socketSave.save.via, state_bytes: m.stateBytes, save_ms: round(m.saveMs), checkpoint_MiBps: round(MiBps), save_phases_ms: socketSave.save.phases };
+      out.socket_checkpoint_vs_dd = round(MiBps / ddMiBps, 3);
+    }
   }
+  rmSync(socketDir, { recursive: true, force: true });
   if (opts.heartbeat) {
     // on the host's clock: the guest's stop for the save (it runs on afterwards, until the kill)
     out.app_pause_during_save_host_clock_ms = round(guest.res.watcher.maxGap(savedAt[0], savedAt[1] + 2 * REPORT_MS));
@@ -849,9 +898,12 @@ async function sizeRound(image: GuestImage, res: Resources, size: number, plan: 
   }
   say(`  booted in ${round(bootMs / 1000)} s; checkpoint of the idle guest`);
   const out: Record<string, unknown> = { boot_s: round(bootMs / 1000) };
-  const idleCk = await checkpointRound(holder.guest, 'idle', { dd: true, heartbeat: false });
+  const idleCk = await checkpointRound(holder.guest, 'idle', { dd: true, heartbeat: false, viaSocketToo: true });
   out.checkpoint_idle = idleCk;
-  say(`  checkpoint ${idleCk.state_MiB} MiB in ${idleCk.save_ms} ms (QEMU's stream ${idleCk.save_qemu_stream_ms} ms; ${idleCk.checkpoint_vs_dd}x dd), restore ${idleCk.restore_ms} ms`);
+  say(
+    `  checkpoint ${idleCk.state_MiB} MiB in ${idleCk.save_ms} ms (QEMU's stream ${idleCk.save_qemu_stream_ms} ms; ${idleCk.checkpoint_vs_dd}x dd; ` +
+      `through the socket instead: ${idleCk.socket_checkpoint_vs_dd}x dd), restore ${idleCk.restore_ms} ms`,
+  );
   const rates: Rate[] = [0, ...plan.rates];
   let running: DirtyMem | null = null;
   for (const [i, rate] of rates.entries()) {
@@ -884,6 +936,7 @@ async function sizeRound(image: GuestImage, res: Resources, size: number, plan: 
     ? { ok: false, line: `the guest crashed: ${crash}` }
     : await running.stop().catch((err: unknown) => ({ ok: false, line: `the guest does not answer: ${(err as Error).message.slice(0, 200)}` }));
   loaded.dirty_mem = { rate_MiBps: lastRate, verified: end.ok, line: end.line };
+  say(`  checkpoint ${loaded.state_MiB} MiB in ${loaded.save_ms} ms (${loaded.checkpoint_vs_dd}x dd), restore ${loaded.restore_ms} ms`);
   if (!end.ok) say(`  dirty-mem did not verify its memory after the checkpoint and restore: ${end.line}`);
   out.checkpoint_while_dirtying = loaded;
   await guest.kill();
@@ -1017,6 +1070,10 @@ export async function benchMigration(args: readonly string[] = []): Promise<unkn
       checkpoint_vs_dd_min: 0.8,
       checkpoint_vs_dd: ratios,
       checkpoint_vs_dd_met: ratios.every((r) => r >= 0.8),
+      socket_checkpoint_vs_dd: Object.values(sizes).flatMap((s) => {
+        const r = (s.checkpoint_idle as { socket_checkpoint_vs_dd?: number } | undefined)?.socket_checkpoint_vs_dd;
+        return r === undefined ? [] : [r];
+      }),
       idle_checkpoint_vs_guest_memory: Object.fromEntries(Object.entries(sizes).map(([k, s]) => [k, (s.checkpoint_idle as { state_vs_guest_memory: number }).state_vs_guest_memory])),
     },
     notes,

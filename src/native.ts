@@ -147,6 +147,7 @@ interface RawAddon {
   };
   readonly abi: AbiLimits;
   peerCredentials(fd: number): PeerCredentials;
+  sendFd(socketFd: number, fd: number, data: Uint8Array): number;
 }
 
 /** Who is at the other end of a connected Unix socket (SO_PEERCRED). */
@@ -179,6 +180,19 @@ function addon(): RawAddon {
 /** SO_PEERCRED of a connected Unix socket's file descriptor. */
 export function peerCredentials(fd: number): PeerCredentials {
   return addon().peerCredentials(fd);
+}
+
+/**
+ * Send `data` on the connected Unix stream socket `socketFd` with the open
+ * file descriptor `fd` attached (SCM_RIGHTS, on the first byte): the
+ * receiver gets its own descriptor of the same open file. Node's net module
+ * cannot send descriptors. Synchronous; waits at most 1 s for room in a full
+ * send buffer. `data`: 1 to 65536 bytes. Throws an Error with `code`
+ * (EBADF, ENOTSOCK, EPIPE, ETIMEDOUT, ...) and `syscall` when the kernel
+ * refuses; the caller's `fd` stays open either way.
+ */
+export function sendFd(socketFd: number, fd: number, data: Uint8Array): number {
+  return addon().sendFd(socketFd, fd, data);
 }
 
 /** The ABI limits compiled into the addon. */

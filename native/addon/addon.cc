@@ -6,6 +6,7 @@
 #include <napi.h>
 
 #include "control_segment.h"
+#include "fd_passing.h"
 #include "peer_credentials.h"
 #include "symbio_segment.h"
 
@@ -34,6 +35,7 @@ class SymbioAddon : public Napi::Addon<SymbioAddon> {
                              InstanceValue("abi", abi, napi_enumerable),
                              InstanceValue("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"),
                                            napi_enumerable),
+                             InstanceValue("sendFd", Napi::Function::New(env, SendFd, "sendFd"), napi_enumerable),
                          });
   }
 

@@ -8,15 +8,18 @@
  */
 import t from 'tap';
 import { randomBytes, createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, openSync, writeSync, closeSync, truncateSync, statSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync, openSync, writeSync, closeSync, truncateSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QmpDriver } from '../../src/hypervisor/qmp-driver.js';
 import { QemuStartError, type QemuVm } from '../../src/hypervisor/qemu/qemu-vm.js';
-import { parseVmSpec, qemuArgv, VmSpecError, type VmSpecInput } from '../../src/hypervisor/qemu/vm-spec.js';
+import { parseVmSpec, qemuArgv, VmSpecError, type VmSpec, type VmSpecInput } from '../../src/hypervisor/qemu/vm-spec.js';
 import { MigrationError, migrationOptionsSchema } from '../../src/hypervisor/qemu/migration.js';
-import { CheckpointError, manifestFileName, stateFileName } from '../../src/hypervisor/qemu/checkpoint.js';
+import { CheckpointError, checkpointVm, manifestFileName, stateFileName } from '../../src/hypervisor/qemu/checkpoint.js';
+import { QmpError } from '../../src/hypervisor/qmp/client.js';
+import { sendFd } from '../../src/native.js';
 import { logger } from '../../src/log.js';
+import { pino } from 'pino';
 
 const log = logger.child({ test: 'qmp-driver' });
 log.level = process.env.SYMBIO_TEST_LOG ?? 'error';
@@ -241,4 +244,104 @@ t.test('checkpoint, kill, restore: the guest comes back exactly; a bad file is r
       }
     });
   t.same(restoreQemus, [], 'no QEMU left running by the refused restores');
+});
+
+/** A logger that keeps its JSON lines (to see which way a checkpoint went). */
+function capturingLogger(): { log: typeof log; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const l = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+  return { log: l, lines };
+}
+
+/** Whether `cond` holds within `ms` (polled). */
+async function within(ms: number, cond: () => boolean): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return true;
+}
+
+/** Files a process holds open, by path. */
+function openFiles(pid: number): string[] {
+  const out: string[] = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      out.push(readlinkSync(`/proc/${pid}/fd/${fd}`));
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return out;
+}
+
+t.test('checkpoint through a descriptor QEMU writes itself, and through the socket: both restore exactly', async (t) => {
+  const vm = await start(spec());
+  const adapt = (s: VmSpec) => ({ ...s, qmpSocket: join(dir, `qmp-r${++seq}.sock`), extraArgs: [] });
+  for (const via of ['fd', 'socket'] as const) {
+    const ck = join(dir, `ckpt-${via}`);
+    mkdirSync(ck);
+    const c = capturingLogger();
+    const m = await checkpointVm(vm, ck, { log: c.log, via });
+    const written = c.lines.find((l) => l.msg === 'checkpoint written');
+    t.equal(written?.via, via, `the state went through the ${via === 'fd' ? 'descriptor' : 'socket'}`);
+    t.notOk(c.lines.some((l) => l.level === 40), 'no fallback warning');
+    const statePath = join(ck, stateFileName('drv'));
+    t.equal(m.stateBytes, statSync(statePath).size);
+    t.equal(m.sha256, createHash('sha256').update(readFileSync(statePath)).digest('hex'), 'the manifest hashes the file as it is on disk');
+    t.same(readdirSync(ck).sort(), [manifestFileName('drv'), stateFileName('drv')], 'no temporary files left');
+    // (QEMU closes its end in a bottom half right after the migration completed)
+    t.ok(await within(2000, () => !openFiles(vm.pid).some((f) => f.startsWith(ck))), 'QEMU let go of the state file');
+    t.same(await vm.status(), { status: 'running', running: true }, 'the guest runs on');
+    const r = await driver.restore(join(ck, manifestFileName('drv')), { adapt });
+    track(r.vm);
+    t.equal(await payloadHash(r.vm), payloadSha, `RAM restored byte for byte (${via})`);
+    await r.vm.kill();
+  }
+
+  // QEMU refuses the descriptor (here: the client is made to fail getfd): the socket takes over
+  const ck = join(dir, 'ckpt-fallback');
+  mkdirSync(ck);
+  const c = capturingLogger();
+  const getfd = vm.qmp.getfd.bind(vm.qmp);
+  vm.qmp.getfd = () => Promise.reject(new QmpError('getfd', 'GenericError', 'No file descriptor supplied via SCM_RIGHTS'));
+  try {
+    await checkpointVm(vm, ck, { log: c.log });
+  } finally {
+    vm.qmp.getfd = getfd;
+  }
+  t.match(c.lines.find((l) => l.level === 40)?.msg, /streaming the state through a socket instead/);
+  t.equal(c.lines.find((l) => l.msg === 'checkpoint written')?.via, 'socket');
+  const r = await driver.restore(join(ck, manifestFileName('drv')), { adapt });
+  track(r.vm);
+  t.equal(await payloadHash(r.vm), payloadSha, 'RAM restored byte for byte (fallback)');
+  await r.vm.kill();
+
+  // a directory that is not there: nothing written, the guest runs on
+  await t.rejects(checkpointVm(vm, join(dir, 'no-such-dir'), { log }), { name: 'CheckpointError', message: /checkpoint of VM drv failed: .*ENOENT/ });
+  t.same(await vm.status(), { status: 'running', running: true });
+  await vm.kill();
+});
+
+t.test('passing a descriptor: errors say what the kernel refused, and QMP goes on', async (t) => {
+  const vm = await start(spec());
+  const file = join(dir, 'not-a-socket');
+  writeFileSync(file, 'x');
+  const fd = openSync(file, 'r');
+  t.teardown(() => closeSync(fd));
+  t.throws(() => sendFd(fd, fd, Buffer.from('\n')), { code: 'ENOTSOCK', syscall: 'sendmsg', message: new RegExp(`sendFd: cannot send fd ${fd} on socket fd ${fd}: Socket operation on non-socket`) });
+  t.throws(() => sendFd(fd, fd, Buffer.alloc(0)), { name: 'RangeError', message: /data must hold 1 to 65536 bytes/ });
+  t.throws(() => sendFd(-1, fd, Buffer.from('\n')), { name: 'RangeError', message: /socketFd must be a non-negative integer/ });
+  t.throws(() => sendFd(fd, 1.5, Buffer.from('\n')), { name: 'RangeError', message: /fd must be a non-negative integer/ });
+  // a descriptor number that is not open: the kernel refuses it, nothing reaches QEMU
+  await t.rejects(vm.qmp.getfd('bad', 0x7ffffff0), { code: 'EBADF', syscall: 'sendmsg' });
+  t.same(await vm.status(), { status: 'running', running: true }, 'the QMP connection still works');
+  // a good one: QEMU holds it under its name until closefd
+  await vm.qmp.getfd('good', fd);
+  t.ok(openFiles(vm.pid).includes(file), 'QEMU holds the file open');
+  await vm.qmp.execute('closefd', { fdname: 'good' });
+  t.notOk(openFiles(vm.pid).includes(file), 'and lets go of it at closefd');
+  await t.rejects(vm.qmp.execute('closefd', { fdname: 'good' }), { name: 'QmpError', message: /not found/ });
+  await vm.kill();
 });

@@ -2,9 +2,18 @@
  * Checkpoint a VM to a file, and restore it from one.
  *
  * The state is QEMU's migration stream. QEMU 7.2 has no `file:` migration
- * URI, so symbio listens on a Unix socket, QEMU migrates into it, and the
- * bytes go to the file through a SHA-256 on the way (one pass: no second
- * read to checksum). Restore runs it backwards into a QEMU started with
+ * URI, but it migrates to any descriptor it holds (`migrate fd:NAME`): symbio
+ * opens the state file, hands QEMU a descriptor of it over the QMP socket
+ * (SCM_RIGHTS, through the addon; QMP `getfd`), and QEMU writes the file
+ * itself. Meanwhile symbio reads the growing file back from the page cache
+ * to hash it (the manifest's sha256) and fdatasyncs it again and again, so
+ * hashing and the disk's writes overlap QEMU's stream and the final fsync
+ * has little left (followWrites). The guest is stopped only for the
+ * `migrate`. If QEMU cannot be handed the descriptor, the old way is the
+ * fallback: QEMU migrates into a Unix socket and Node hashes and writes the
+ * bytes (about half the speed; docs/performance.md).
+ *
+ * Restore runs the stream backwards into a QEMU started with
  * `-incoming defer`, hashing as it sends; the guest is loaded paused (it was
  * stopped when saved) and only continued once the whole file matched its
  * manifest, so a corrupt file never runs.
@@ -17,17 +26,19 @@
  * state file.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, fdatasync, fstatSync, fsync, mkdtempSync, openSync, read, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
+import { promisify } from 'node:util';
 import { z } from 'zod';
 import type { Logger } from '../../log.js';
 import { fsyncPath, sha256File, writeFileAtomic } from '../../util/files.js';
 import { connectOnce, NOT_YET_LISTENING } from '../../util/unix-socket.js';
-import { migrationOptionsSchema, prepareIncoming, prepareOutgoing, runOutgoingMigration } from './migration.js';
+import { migrationOptionsSchema, prepareIncoming, prepareOutgoing, runOutgoingMigration, type MigrationOptions } from './migration.js';
+import { QmpConnectionError, QmpTimeoutError } from '../qmp/client.js';
 import { QemuVm, type QemuStartOptions } from './qemu-vm.js';
 import { vmSpecSchema, type VmSpec } from './vm-spec.js';
 
@@ -45,7 +56,7 @@ export const vmCheckpointManifestSchema = z.strictObject({
   memoryMiB: z.number().int(),
   /** Whether the guest ran when the checkpoint was taken (restore continues it if so). */
   wasRunning: z.boolean(),
-  /** Save time, ms (stop to file closed), and the stream's throughput. */
+  /** Save time, ms: from the start of checkpointVm to the state file durable under its name. */
   saveMs: z.number(),
   spec: z.unknown(),
   argv: z.array(z.string()),
@@ -105,6 +116,207 @@ export interface CheckpointOptions {
   /** Leave the guest stopped afterwards (a coordinated checkpoint continues all VMs itself); default: as it was. */
   leaveStopped?: boolean;
   timeoutMs?: number;
+  /**
+   * How the state reaches the file: 'fd' (default), QEMU writes it itself
+   * to a descriptor symbio passes it (and falls back to 'socket' when QEMU
+   * cannot be handed one); 'socket', QEMU streams into a Unix socket and
+   * symbio writes the file.
+   */
+  via?: 'fd' | 'socket';
+}
+
+/** What went into the state file. */
+interface Saved {
+  bytes: number;
+  sha256: string;
+  /** which way the bytes went */
+  via: 'fd' | 'socket';
+}
+
+/** When each phase of a save ended, ms after it began (logged: where the time goes). */
+type Marks = Record<string, number>;
+
+const fsyncAsync = promisify(fsync);
+const fdatasyncAsync = promisify(fdatasync);
+const readAsync = promisify(read);
+
+/** Read-back chunk for hashing the growing state file. */
+const HASH_CHUNK = 4 << 20;
+/** Make the written part durable (fdatasync) whenever this much more has come since the last time. */
+const SYNC_CHUNK = 8 << 20;
+/** Look for new bytes this often while QEMU writes (it writes several hundred MiB/s). */
+const TAIL_POLL_MS = 2;
+
+let fdNames = 0;
+
+/**
+ * Follow the file `fd` while another process (QEMU) appends to it, until
+ * `writer` settles: hash what it has written, reading it back right behind
+ * it from the page cache, and make it durable as it goes. Resolves once the
+ * whole file is hashed and fsynced (early, with what there is, if `writer`
+ * fails: the caller reports that).
+ *
+ * The durability is what makes this fast. A final fsync alone finds the
+ * whole file to write and flush (on a virtual disk the flush is where the
+ * host writes it out); fdatasync calls one after the other, in the thread
+ * pool, while QEMU writes, spread that over the stream, and the fsync at
+ * the end (started as soon as QEMU is done, while the hash catches up)
+ * waits for the tail only. Handing the disk each chunk as soon as it is
+ * written (sync_file_range) was no faster here: the flushes are the cost.
+ *
+ * Bytes count as written once they are inside the file's size: a buffered
+ * write() copies a page before it extends the size over it.
+ */
+async function followWrites(fd: number, writer: Promise<unknown>, mark: (phase: string) => void): Promise<{ bytes: number; sha256: string }> {
+  // (in an object: TypeScript does not follow assignments made in callbacks)
+  const w: { state: 'writing' | 'done' | 'failed' | 'abandoned' } = { state: 'writing' };
+  const wakers = new Set<() => void>();
+  const settle = (to: 'done' | 'failed' | 'abandoned') => {
+    if (w.state === 'writing') w.state = to;
+    for (const wake of wakers) wake();
+  };
+  writer.then(
+    () => settle('done'),
+    () => settle('failed'),
+  );
+  /** TAIL_POLL_MS, or until `writer` settles */
+  const pause = () =>
+    new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        wakers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, TAIL_POLL_MS);
+      wakers.add(done);
+    });
+
+  const syncing = (async () => {
+    let synced = 0;
+    while (w.state === 'writing') {
+      const size = fstatSync(fd).size;
+      if (size - synced >= SYNC_CHUNK) {
+        await fdatasyncAsync(fd);
+        synced = size;
+      } else await pause();
+    }
+    if (w.state !== 'done') return; // nothing worth keeping
+    await fsyncAsync(fd);
+    mark('synced');
+  })();
+  syncing.catch(() => undefined); // awaited below; a disk error must not surface as an unhandled rejection first
+
+  const hash = createHash('sha256');
+  const buffers = [Buffer.allocUnsafe(HASH_CHUNK), Buffer.allocUnsafe(HASH_CHUNK)] as const;
+  let pos = 0;
+  try {
+    for (;;) {
+      // sampled before the size: once the writer is done, the size read after it is final
+      const last = w.state !== 'writing';
+      if (w.state === 'failed') break;
+      const size = fstatSync(fd).size;
+      // two buffers: the next read runs in the thread pool while this chunk is hashed
+      let which = 0;
+      let next = pos < size ? readAsync(fd, buffers[which], 0, Math.min(HASH_CHUNK, size - pos), pos) : null;
+      while (next) {
+        const { bytesRead } = await next;
+        if (bytesRead <= 0) throw new CheckpointError(`the state file shrank while QEMU wrote it (nothing to read at byte ${pos} of ${size})`);
+        const chunk = buffers[which]!.subarray(0, bytesRead);
+        pos += bytesRead;
+        which ^= 1;
+        next = pos < size ? readAsync(fd, buffers[which]!, 0, Math.min(HASH_CHUNK, size - pos), pos) : null;
+        hash.update(chunk);
+      }
+      if (last) break;
+      await pause();
+    }
+  } catch (err) {
+    // the syncing loop must be over before the caller closes `fd`
+    settle('abandoned');
+    await syncing.catch(() => undefined);
+    throw err;
+  }
+  const sha256 = hash.digest('hex');
+  mark('hashed');
+  await syncing;
+  // QEMU flushes its stream before it reports the migration completed, so
+  // nothing may have come since; if it did, the hash does not cover it
+  const size = fstatSync(fd).size;
+  if (w.state === 'done' && size !== pos) throw new CheckpointError(`QEMU wrote to the state file after it completed the migration (${size} bytes, ${pos} hashed)`);
+  return { bytes: pos, sha256 };
+}
+
+/**
+ * QEMU writes the state into `path` itself, through a descriptor passed
+ * over QMP; null (and no file) when QEMU could not be handed one, so the
+ * caller can take the socket way instead.
+ */
+async function saveThroughFd(vm: QemuVm, path: string, opts: MigrationOptions, log: Logger, mark: (phase: string) => void, stop: () => Promise<void>): Promise<Saved | null> {
+  // read and write: QEMU writes through its descriptor (sequentially, on the
+  // shared file offset), symbio reads with positioned reads through this one
+  const fd = openSync(path, 'wx+', 0o600);
+  let open = true;
+  try {
+    const name = `symbio-checkpoint-${process.pid}-${++fdNames}`;
+    try {
+      await vm.qmp.getfd(name, fd);
+    } catch (err) {
+      // QEMU gone or not answering: the socket would not do better
+      if (err instanceof QmpConnectionError || err instanceof QmpTimeoutError) throw err;
+      log.warn({ err }, 'cannot hand QEMU a descriptor of the state file; streaming the state through a socket instead');
+      open = false;
+      closeSync(fd);
+      rmSync(path, { force: true });
+      return null;
+    }
+    mark('getfd');
+    await stop();
+    // `migrate` takes the descriptor from QEMU's list when it starts; if it never
+    // gets that far, drop it (QEMU holds an open file otherwise)
+    const migration = runOutgoingMigration(vm, `fd:${name}`, opts, { log });
+    migration.then(
+      () => mark('qemu'),
+      () => vm.qmp.execute('closefd', { fdname: name }).catch(() => undefined),
+    );
+    let hashed: { bytes: number; sha256: string };
+    try {
+      hashed = await followWrites(fd, migration, mark);
+    } catch (err) {
+      // no file, no point: stop QEMU's side too before the guest is continued
+      await vm.qmp.execute('migrate_cancel').catch(() => undefined);
+      await migration.catch(() => undefined);
+      throw err;
+    }
+    await migration;
+    return { ...hashed, via: 'fd' };
+  } finally {
+    if (open) closeSync(fd);
+  }
+}
+
+/** QEMU streams into a Unix socket; Node hashes the bytes and writes them to `path`. */
+async function saveThroughSocket(vm: QemuVm, path: string, opts: MigrationOptions, log: Logger, mark: (phase: string) => void, stop: () => Promise<void>): Promise<Saved> {
+  const sock = streamSocketPath();
+  let server: Server | null = null;
+  try {
+    server = await listen(sock.path);
+    const conn = firstConnection(server, 10_000, `checkpoint of ${vm.name}`);
+    conn.catch(() => undefined);
+    await stop();
+    const migration = runOutgoingMigration(vm, `unix:${sock.path}`, opts, { log });
+    migration.then(() => mark('qemu'), () => undefined);
+    const socket = await Promise.race([conn, migration.then(() => conn)]);
+    const counter = new HashingCounter();
+    // 1 MiB writes: the file side, not the socket, should set the pace
+    const out = createWriteStream(path, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 });
+    await Promise.all([pipeline(socket, counter, out).then(() => mark('written')), migration]);
+    fsyncPath(path);
+    mark('fsync');
+    return { bytes: counter.bytes, sha256: counter.hash.digest('hex'), via: 'socket' };
+  } finally {
+    server?.close();
+    sock.cleanup();
+  }
 }
 
 /**
@@ -116,39 +328,45 @@ export interface CheckpointOptions {
 export async function checkpointVm(vm: QemuVm, dir: string, o: CheckpointOptions): Promise<VmCheckpointManifest> {
   const log = o.log.child({ vm: vm.name, op: 'checkpoint' });
   const t0 = performance.now();
+  const marks: Marks = {};
+  const mark = (phase: string) => (marks[phase] = Math.round(performance.now() - t0));
   const before = await vm.status();
   const wasRunning = before.running;
-  if (wasRunning) await vm.pause();
-  const version = await vm.qmp.queryVersion();
-  const machineType = String(await vm.qmp.execute('qom-get', { path: '/machine', property: 'type' })).replace(/-machine$/, '');
+  let stopped = false;
+  // the guest runs on while the save is set up; only `migrate` needs it stopped
+  const stop = async () => {
+    if (wasRunning && !stopped) {
+      stopped = true;
+      await vm.pause();
+    }
+    mark('stopped');
+  };
   const statePath = join(dir, stateFileName(vm.name));
   const tmpState = `${statePath}.tmp-${process.pid}`;
-  const sock = streamSocketPath();
-  let server: Server | null = null;
   try {
-    server = await listen(sock.path);
-    const conn = firstConnection(server, 10_000, `checkpoint of ${vm.name}`);
-    conn.catch(() => undefined);
+    const [version, machineType] = await Promise.all([
+      vm.qmp.queryVersion(),
+      vm.qmp.execute('qom-get', { path: '/machine', property: 'type' }).then((t) => String(t).replace(/-machine$/, '')),
+    ]);
     // A stopped guest's state goes in one pass: no dirtying, no postcopy.
-    const opts = migrationOptionsSchema.parse({ mode: 'precopy', timeoutMs: o.timeoutMs ?? 600_000 });
+    // Polled often: a save takes a few hundred ms, and the end is seen at the
+    // next poll if the MIGRATION event comes while a query is under way.
+    const opts = migrationOptionsSchema.parse({ mode: 'precopy', timeoutMs: o.timeoutMs ?? 600_000, progressIntervalMs: 10 });
     await prepareOutgoing(vm, opts);
-    const migration = runOutgoingMigration(vm, `unix:${sock.path}`, opts, { log });
-    migration.catch(() => undefined);
-    const socket = await conn;
-    const counter = new HashingCounter();
-    // 1 MiB writes: the file side, not the socket, should set the pace
-    const out = createWriteStream(tmpState, { mode: 0o600, highWaterMark: 1 << 20 });
-    await Promise.all([pipeline(socket, counter, out), migration]);
-    fsyncPath(tmpState);
+    mark('prepared');
+    rmSync(tmpState, { force: true }); // a leftover of a crashed save of the same pid
+    const saved =
+      (o.via !== 'socket' ? await saveThroughFd(vm, tmpState, opts, log, mark, stop) : null) ?? (await saveThroughSocket(vm, tmpState, opts, log, mark, stop));
     renameSync(tmpState, statePath);
+    mark('renamed');
     const saveMs = performance.now() - t0;
     const manifest: VmCheckpointManifest = {
       format: CHECKPOINT_FORMAT,
       vm: vm.name,
       createdAt: new Date().toISOString(),
       stateFile: stateFileName(vm.name),
-      stateBytes: counter.bytes,
-      sha256: counter.hash.digest('hex'),
+      stateBytes: saved.bytes,
+      sha256: saved.sha256,
       qemuVersion: `${version.qemu.major}.${version.qemu.minor}.${version.qemu.micro}`,
       machineType,
       memoryMiB: vm.spec.memoryMiB,
@@ -159,17 +377,16 @@ export async function checkpointVm(vm: QemuVm, dir: string, o: CheckpointOptions
     };
     writeFileAtomic(join(dir, manifestFileName(vm.name)), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600, durable: true });
     fsyncPath(dir);
-    log.info({ bytes: counter.bytes, ms: Math.round(saveMs), MiBps: Math.round(counter.bytes / 2 ** 20 / (saveMs / 1000)) }, 'checkpoint written');
+    mark('manifest');
+    log.info({ bytes: saved.bytes, via: saved.via, ms: Math.round(saveMs), MiBps: Math.round(saved.bytes / 2 ** 20 / (saveMs / 1000)), marks }, 'checkpoint written');
     return manifest;
   } catch (err) {
     rmSync(tmpState, { force: true });
     throw err instanceof CheckpointError ? err : new CheckpointError(`checkpoint of VM ${vm.name} failed: ${(err as Error).message}`, { cause: err });
   } finally {
-    server?.close();
-    sock.cleanup();
     // After a completed save QEMU sits in postmigrate; cont brings the guest
     // back (also after a failed one, which may have stopped it).
-    if (wasRunning && !o.leaveStopped && vm.running) await vm.resume().catch((err: unknown) => log.error({ err }, 'could not continue the guest after the checkpoint'));
+    if (stopped && !o.leaveStopped && vm.running) await vm.resume().catch((err: unknown) => log.error({ err }, 'could not continue the guest after the checkpoint'));
   }
 }
 

@@ -195,6 +195,8 @@ export async function runOutgoingMigration(src: QemuVm, uri: string, o: Migratio
   })();
   const nextTick = (ms: number) =>
     new Promise<void>((resolve) => {
+      // an event that came while we were querying is news now, not at the next tick
+      if (pending.length > 0) return resolve();
       const timer = setTimeout(() => ((waker.wake = null), resolve()), ms);
       waker.wake = () => {
         clearTimeout(timer);

@@ -9,6 +9,7 @@ import { connectOnce, NOT_YET_LISTENING } from '../../util/unix-socket.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import type { Logger } from '../../log.js';
+import { sendFd } from '../../native.js';
 import {
   QmpConnection,
   QmpConnectionError,
@@ -59,15 +60,25 @@ function matcher(filter: EventFilter | undefined): (e: QmpEvent) => boolean {
   return (e) => names.has(e.event);
 }
 
+/** The fd behind a net.Socket (Node keeps it on the internal handle); undefined once closed. */
+function socketFd(s: Socket): number | undefined {
+  const handle = (s as unknown as { _handle?: { fd?: number } | null })._handle;
+  return typeof handle?.fd === 'number' && handle.fd >= 0 ? handle.fd : undefined;
+}
+
 export class QmpClient {
   #conn: QmpConnection;
+  #socket: Socket;
   #commandTimeoutMs: number;
   #log: Logger;
+  /** getfd calls, one at a time: QEMU keeps only the last descriptor received until a command takes it */
+  #fdPassing: Promise<unknown> = Promise.resolve();
   /** resolves (never rejects) with why the connection went: QEMU exiting shows here */
   readonly closed: Promise<QmpConnectionError>;
 
-  private constructor(conn: QmpConnection, commandTimeoutMs: number, log: Logger) {
+  private constructor(conn: QmpConnection, socket: Socket, commandTimeoutMs: number, log: Logger) {
     this.#conn = conn;
+    this.#socket = socket;
     this.#commandTimeoutMs = commandTimeoutMs;
     this.#log = log;
     this.closed = new Promise((resolve) => conn.onClose(resolve));
@@ -111,7 +122,7 @@ export class QmpClient {
         negotiateTimeoutMs: Math.max(deadline - Date.now(), 1),
         maxLineLength: o.maxLineLength,
       });
-      return new QmpClient(conn, o.commandTimeoutMs ?? 30_000, log);
+      return new QmpClient(conn, socket, o.commandTimeoutMs ?? 30_000, log);
     }
   }
 
@@ -153,6 +164,44 @@ export class QmpClient {
   /** Ask QEMU to exit; resolves once it has acknowledged (it closes the socket right after). */
   async quit(o?: ExecuteOptions): Promise<void> {
     await this.execute('quit', undefined, o);
+  }
+
+  /**
+   * Give QEMU an open file descriptor to keep under `name` (QMP `getfd`),
+   * for commands that take `fd:NAME` (`migrate`, `migrate-incoming`, ...);
+   * such a command consumes it, `closefd` drops it unused, and a name QEMU
+   * holds already is replaced. QEMU gets its own descriptor of the same
+   * open file: `fd` stays open here, for the caller to close.
+   *
+   * The descriptor travels by SCM_RIGHTS on this connection (Node cannot
+   * send one: the addon's sendFd), attached to a newline, which QMP skips
+   * as whitespace between commands; QEMU holds it until `getfd`, sent right
+   * behind. The newline goes out only when nothing of ours is queued on the
+   * socket, so it never splits a command. Calls on one client run one at a
+   * time (QEMU keeps one received descriptor at a time).
+   */
+  async getfd(name: string, fd: number, o?: ExecuteOptions): Promise<void> {
+    const run = this.#fdPassing.then(async () => {
+      await this.#writesFlushed(o?.timeoutMs ?? this.#commandTimeoutMs);
+      const sock = socketFd(this.#socket);
+      if (sock === undefined || this.#conn.closed) throw new QmpConnectionError(`cannot pass a file descriptor for getfd ${name}: the QMP connection is closed`, 'getfd');
+      // synchronous: no other write can come between the descriptor and its getfd
+      sendFd(sock, fd, Buffer.from('\n'));
+      await this.execute('getfd', { fdname: name }, o);
+    });
+    this.#fdPassing = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Until every command written to the socket has left Node (so raw bytes can follow). */
+  async #writesFlushed(timeoutMs: number): Promise<void> {
+    const limitMs = timeoutMs > 0 ? timeoutMs : 30_000;
+    const deadline = performance.now() + limitMs;
+    while (this.#socket.writableLength > 0) {
+      if (this.#conn.closed) return; // the caller says so
+      if (performance.now() > deadline) throw new QmpConnectionError(`QEMU took none of our QMP writes for ${limitMs} ms: cannot pass a file descriptor`, 'getfd');
+      await sleep(1);
+    }
   }
 
   /**
