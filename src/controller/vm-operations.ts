@@ -305,7 +305,7 @@ export function listCheckpoints(root: string): string[] {
 }
 
 /** Keep the newest `keep` complete checkpoints; also remove leftovers of failed ones (never `current`). */
-function pruneCheckpoints(root: string, keep: number, current: string): string[] {
+export function pruneCheckpoints(root: string, keep: number, current: string): string[] {
   const good = listCheckpoints(root).map((p) => dirname(p));
   const keepSet = new Set([current, ...good.slice(0, keep)]);
   const removed: string[] = [];
