@@ -101,7 +101,7 @@ function qemuInSlot(slot: string): number | null {
 const slotOf = (vm: string) => `slot${readState(NAME)!.vms.find((v) => v.name === vm)!.slot}`;
 
 t.test('job A: cooperative migration of one VM, of both, and a destination killed mid-migration', async (t) => {
-  const STEPS = '5000';
+  const STEPS = '2500';
   const expected = expectedFor(STEPS);
   const job = startJob('coop-a', STEPS);
   const { controller } = await job.started;
@@ -156,7 +156,7 @@ t.test('job A: cooperative migration of one VM, of both, and a destination kille
 });
 
 t.test('job B: checkpoint, disk full, corrupt and truncated checkpoints, restart onto other slots', async (t) => {
-  const STEPS = '3000';
+  const STEPS = '2000';
   const expected = expectedFor(STEPS);
   // A small file system for the checkpoints, so that a second one runs out of space.
   const ckptDir = join(runtime, 'ckpt');
@@ -226,7 +226,7 @@ t.test('job B: checkpoint, disk full, corrupt and truncated checkpoints, restart
 
 t.test('job C: the controller killed while the ranks are frozen', async (t) => {
   const LIMIT_MS = 4000;
-  const child = spawn(process.execPath, [symbioMpirun, '--vcluster', NAME, '--job-id', 'coop-c', '--resume-timeout', String(LIMIT_MS), '-np', '4', '/opt/symbio/build/mpi/halo2d', '2500'], {
+  const child = spawn(process.execPath, [symbioMpirun, '--vcluster', NAME, '--job-id', 'coop-c', '--resume-timeout', String(LIMIT_MS), '-np', '4', '/opt/symbio/build/mpi/halo2d', '2000'], {
     env: { ...process.env, SYMBIO_STATE_DIR: stateDir, SYMBIO_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
