@@ -6,9 +6,10 @@
  * synchronous and one line each, so a crash loses at most the line being
  * written, and a reader skips a torn last line.
  */
-import { appendFileSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { entriesByFileTime } from '../util/files.js';
 
 export interface JournalEvent {
   /** ms since the epoch. */
@@ -110,21 +111,5 @@ export function readOperations(stateDir: string, job: string): Record<string, un
 
 /** Jobs that have a journal, newest first. */
 export function journaledJobs(stateDir: string): { job: string; modified: number }[] {
-  const root = join(stateDir, 'jobs');
-  let names: string[];
-  try {
-    names = readdirSync(root);
-  } catch {
-    return [];
-  }
-  return names
-    .filter((n) => JOB_ID.test(n))
-    .map((n) => {
-      try {
-        return { job: n, modified: statSync(join(root, n, 'events.jsonl')).mtimeMs };
-      } catch {
-        return { job: n, modified: 0 };
-      }
-    })
-    .sort((a, b) => b.modified - a.modified);
+  return entriesByFileTime(join(stateDir, 'jobs'), (n) => JOB_ID.test(n), 'events.jsonl').map((e) => ({ job: e.name, modified: e.mtimeMs }));
 }

@@ -23,7 +23,7 @@ import type { JobVmBackend, PreparedMove } from './vm-backend.js';
 import { migrationOptionsSchema, type MigrationProgress } from '../hypervisor/qemu/migration.js';
 import { readVmManifest } from '../hypervisor/qemu/checkpoint.js';
 import type { JobQuiescer, QuiesceOutcome } from '../quiesce/job-quiescer.js';
-import { sha256File, writeFileAtomic } from '../util/files.js';
+import { entriesByFileTime, sha256File, writeFileAtomic } from '../util/files.js';
 import { packageVersion } from '../util/version.js';
 import type { Logger } from '../log.js';
 
@@ -285,23 +285,9 @@ export async function coordinatedCheckpoint(ctx: VmJobContext, op: PhasedOp, tim
 
 /** The job's checkpoints that are complete (a job manifest exists), newest first. */
 export function listCheckpoints(root: string): string[] {
-  let names: string[];
-  try {
-    names = readdirSync(root);
-  } catch {
-    return [];
-  }
-  return names
-    .filter((n) => n.startsWith('ckpt-'))
-    .map((n) => join(root, n, JOB_MANIFEST))
-    .filter((p) => {
-      try {
-        return statSync(p).isFile();
-      } catch {
-        return false;
-      }
-    })
-    .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs);
+  return entriesByFileTime(root, (n) => n.startsWith('ckpt-'), JOB_MANIFEST)
+    .filter((e) => e.mtimeMs > 0)
+    .map((e) => e.path);
 }
 
 /** Keep the newest `keep` complete checkpoints; also remove leftovers of failed ones (never `current`). */

@@ -1,6 +1,7 @@
 /** File helpers several components share: atomic writes, fsync, hashing. */
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, fsyncSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, createReadStream, fsyncSync, openSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 /**
  * Write `data` to `path` so that a reader sees the old file or the new one,
@@ -39,4 +40,29 @@ export async function sha256File(path: string): Promise<string> {
   const h = createHash('sha256');
   for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
   return h.digest('hex');
+}
+
+/**
+ * The entries of directory `root` whose names pass `accept`, each with the
+ * modification time of `file` inside it (0 when that is missing), newest
+ * first; [] when `root` does not exist. (Journals of jobs, checkpoints.)
+ */
+export function entriesByFileTime(root: string, accept: (name: string) => boolean, file: string): { name: string; path: string; mtimeMs: number }[] {
+  let names: string[];
+  try {
+    names = readdirSync(root);
+  } catch {
+    return [];
+  }
+  return names
+    .filter(accept)
+    .map((name) => {
+      const path = join(root, name, file);
+      try {
+        return { name, path, mtimeMs: statSync(path).mtimeMs };
+      } catch {
+        return { name, path, mtimeMs: 0 };
+      }
+    })
+    .sort((a, b) => b.mtimeMs - a.mtimeMs);
 }
