@@ -17,6 +17,7 @@ import {
   prepareOutgoing,
   resumeSourceAfterFailure,
   runOutgoingMigration,
+  waitMigrationSettled,
   type MigrationOptionsInput,
   type MigrationProgress,
   type MigrationResult,
@@ -83,6 +84,8 @@ export async function liveMigrate(
       // Stop the source sending first (a dead destination may leave it 'active' until the socket errors).
       await src.qmp.execute('migrate_cancel').catch(() => undefined);
       await target.kill();
+      // the source is usable again (device_add, another migrate) only once QEMU has ended its side
+      await waitMigrationSettled(src).catch((e: unknown) => log.error({ err: e }, 'the source did not leave its migration state'));
       await resumeSourceAfterFailure(src, wasRunning, log).catch((e: unknown) => log.error({ err: e }, 'could not continue the guest on the source'));
     }
     throw me;

@@ -311,6 +311,21 @@ export async function runOutgoingMigration(src: QemuVm, uri: string, o: Migratio
 }
 
 /**
+ * Wait until the VM's outgoing migration has ended (cancelled, failed,
+ * completed): until then QEMU refuses device_add and another migrate, and
+ * a cancel takes a moment to get there.
+ */
+export async function waitMigrationSettled(vm: QemuVm, timeoutMs = 10_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const status = (await queryMigrate(vm)).status ?? 'none';
+    if (!ACTIVE.has(status)) return status;
+    if (Date.now() > deadline) throw new MigrationError(`the migration of ${vm.name} is still '${status}' ${timeoutMs} ms after it was cancelled`, 'source');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
  * After a failed or cancelled migration: make sure the guest runs again on
  * the source if it was running before (QEMU leaves it in postmigrate when
  * the failure came after it stopped the vCPUs).
