@@ -7,11 +7,13 @@
 import { benchShim } from './shim.js';
 import { benchHost } from './host.js';
 import { benchMigration } from './migration.js';
+import { benchCoop } from './coop.js';
 
 const benches: Record<string, (options: string[]) => Promise<unknown>> = {
   shim: () => benchShim(),
   host: () => benchHost(),
   migration: (options) => benchMigration(options),
+  coop: (options) => benchCoop(options),
 };
 
 const argv = process.argv.slice(2);

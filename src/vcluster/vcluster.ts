@@ -324,14 +324,19 @@ export async function vclusterMigrate(name: string, which: string | number, o: M
     if (used.has(to)) throw new ClusterError(`slot ${to} of ${name} is in use by ${state.vms.find((x) => x.slot === to)!.name}`);
     if (to < 0 || to >= state.slots) throw new ClusterError(`slot ${to} does not exist (${name} has slots 0..${state.slots - 1})`);
     const src = await QemuVm.attach(specFor(state, v.index, v.slot, v.sshPort), v.pid, { log: o.log });
-    const sshPort = await freePort();
-    rmSync(slotPaths(state.dir, to).console, { force: true });
-    const from = v.slot;
-    const { vm: dst, result } = await liveMigrate(src, specFor(state, v.index, to, sshPort), o.migration, { log: o.log, detached: true, signal: o.signal, onProgress: o.onProgress });
-    Object.assign(v, { slot: to, pid: dst.pid, sshPort });
-    writeState(state);
-    await dst.qmp.close();
-    return { result, from, to };
+    try {
+      const sshPort = await freePort();
+      rmSync(slotPaths(state.dir, to).console, { force: true });
+      const from = v.slot;
+      const { vm: dst, result } = await liveMigrate(src, specFor(state, v.index, to, sshPort), o.migration, { log: o.log, detached: true, signal: o.signal, onProgress: o.onProgress });
+      Object.assign(v, { slot: to, pid: dst.pid, sshPort });
+      writeState(state);
+      await dst.qmp.close();
+      return { result, from, to };
+    } finally {
+      // QEMU serves one QMP client at a time: a failed move must not keep the source's
+      await src.qmp.close().catch(() => undefined);
+    }
   } finally {
     unlock();
   }
