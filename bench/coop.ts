@@ -36,6 +36,7 @@
  * must agree; during a checkpoint both VMs stop and their clocks with them,
  * so there only the host clock counts.
  */
+import { forEachOption, progress } from './options.js';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -90,18 +91,7 @@ export function parseCoopArgs(args: readonly string[]): CoopBenchPlan {
   const plan: CoopBenchPlan = { reps: 5, checkpointReps: 3, np: 2, memoryMiB: 384, mode: 'postcopy', work: 20000, quick: false, budgetSeconds: 420 };
   let repsGiven = false;
   let ckGiven = false;
-  for (let i = 0; i < args.length; i++) {
-    const [flag, inline] = args[i]!.split('=', 2) as [string, string | undefined];
-    const value = () => {
-      const v = inline ?? args[++i];
-      if (v === undefined) throw new Error(`${flag} needs a value; ${usage}`);
-      return v;
-    };
-    const int = (v: string, min: number) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < min) throw new Error(`${flag}: '${v}' is not an integer >= ${min}; ${usage}`);
-      return n;
-    };
+  forEachOption(args, usage, ({ flag, value, int }) => {
     if (flag === '--quick') plan.quick = true;
     else if (flag === '--reps') {
       plan.reps = int(value(), 1);
@@ -116,8 +106,9 @@ export function parseCoopArgs(args: readonly string[]): CoopBenchPlan {
       const v = value();
       if (!MODES.includes(v as MigrationMode)) throw new Error(`--mode: one of ${MODES.join(', ')}, not '${v}'; ${usage}`);
       plan.mode = v as MigrationMode;
-    } else throw new Error(`unknown option ${flag}; ${usage}`);
-  }
+    } else return false;
+    return true;
+  });
   if (plan.quick) {
     if (!repsGiven) plan.reps = 2;
     if (!ckGiven) plan.checkpointReps = 1;
@@ -126,10 +117,7 @@ export function parseCoopArgs(args: readonly string[]): CoopBenchPlan {
   return plan;
 }
 
-const say = (() => {
-  const t0 = performance.now();
-  return (msg: string) => process.stderr.write(`bench coop [${((performance.now() - t0) / 1000).toFixed(0).padStart(4)} s]: ${msg}\n`);
-})();
+const say = progress('coop');
 
 const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
 

@@ -48,6 +48,7 @@
  * silence after every migration; a broken guest is replaced by a freshly
  * booted one, and its run is reported but kept out of the medians.
  */
+import { forEachOption, progress } from './options.js';
 import { createServer } from 'node:net';
 import { closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -127,18 +128,7 @@ export function parseMigrationArgs(args: readonly string[]): MigrationBenchPlan 
   let ratesGiven = false;
   let repsGiven = false;
   let hintGiven = false;
-  for (let i = 0; i < args.length; i++) {
-    const [flag, inline] = args[i]!.split('=', 2) as [string, string | undefined];
-    const value = () => {
-      const v = inline ?? args[++i];
-      if (v === undefined) throw new Error(`${flag} needs a value; ${usage}`);
-      return v;
-    };
-    const int = (v: string, min: number) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < min) throw new Error(`${flag}: '${v}' is not an integer >= ${min}; ${usage}`);
-      return n;
-    };
+  forEachOption(args, usage, ({ flag, value, int }) => {
     if (flag === '--quick') plan.quick = true;
     else if (flag === '--sizes') {
       plan.sizes = value().split(',').map((s) => int(s, 128));
@@ -159,8 +149,9 @@ export function parseMigrationArgs(args: readonly string[]): MigrationBenchPlan 
       const n = int(value(), 0);
       plan.hintSize = n === 0 ? null : n;
       hintGiven = true;
-    } else throw new Error(`unknown option ${flag}; ${usage}`);
-  }
+    } else return false;
+    return true;
+  });
   if (plan.quick) {
     if (!sizesGiven) plan.sizes = [256];
     if (!hintGiven) plan.hintSize = null;
@@ -170,10 +161,7 @@ export function parseMigrationArgs(args: readonly string[]): MigrationBenchPlan 
   return plan;
 }
 
-const say = (() => {
-  const t0 = performance.now();
-  return (msg: string) => process.stderr.write(`bench migration [${((performance.now() - t0) / 1000).toFixed(0).padStart(4)} s]: ${msg}\n`);
-})();
+const say = progress('migration');
 
 const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
 const toMiB = (bytes: number) => round(bytes / MiB);
