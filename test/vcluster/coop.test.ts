@@ -13,7 +13,9 @@
  *         a corrupted and a truncated copy refused naming the file; every
  *         QEMU killed; restart from the good checkpoint onto other slots
  *  job C: the launcher (the controller) SIGKILLed while the ranks are
- *         frozen: they resume by themselves within the limit, the VMs run on
+ *         frozen: they resume by themselves within the limit (a new link to
+ *         the agent sees them running, autoresumed), the job runs to its
+ *         end, the VMs run on
  */
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
@@ -28,6 +30,7 @@ import { launch } from '../../src/launcher/launcher.js';
 import type { Controller } from '../../src/controller/controller.js';
 import type { VclusterJobVms } from '../../src/vcluster/job-vms.js';
 import { JOB_MANIFEST, verifyJobCheckpoint } from '../../src/controller/vm-operations.js';
+import { GuestAgentLink } from '../../src/controller/guest-agent-link.js';
 import { readState } from '../../src/vcluster/state.js';
 import { guestExec, requireState, vclusterDown, vclusterStatus, vclusterUp } from '../../src/vcluster/vcluster.js';
 import { mpiCommon, prog, run, symbioCli, symbioMpirun } from '../helpers/mpi.js';
@@ -241,6 +244,21 @@ t.test('job C: the controller killed while the ranks are frozen', async (t) => {
   child.kill('SIGKILL');
   await gone;
   const t0 = Date.now();
+  // Past the limit, a new link to vm0's agent finds the job again and its ranks running, resumed by themselves.
+  await sleep(LIMIT_MS + 3000);
+  const probe = new GuestAgentLink('vm0', {
+    socketPath: () => join(requireState(NAME).dir, `${slotOf('vm0')}.agent`),
+    job: { job: 'coop-c', slots: 4, worldSize: 4, resumeTimeoutMs: LIMIT_MS, stallMs: 2000 },
+    log,
+  });
+  try {
+    const opened = await probe.connect(30_000);
+    t.ok(opened.reattached, "vm0's agent still serves the job");
+    const ranks = (await probe.report(true)).snapshot.ranks.filter((r) => r.state !== 'empty' && r.state !== 'finalized' && r.state !== 'detached');
+    t.ok(ranks.length > 0 && ranks.every((r) => r.state === 'running' && r.autoresumed), `its ranks resumed by themselves within the limit: ${JSON.stringify(ranks.map((r) => [r.worldRank, r.state, r.autoresumeReason]))}`);
+  } finally {
+    probe.close();
+  }
   // mpirun in vm0 ends when its ranks have run to the end: they must have resumed by themselves
   let ended = false;
   while (Date.now() - t0 < 180_000) {
