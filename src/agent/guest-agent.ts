@@ -155,10 +155,8 @@ export class GuestAgent {
     };
     child.stdout!.on('data', pipe('stdout'));
     child.stderr!.on('data', pipe('stderr'));
-    child.once('error', (err) => {
-      this.#emit({ event: 'output', job: job.id, stream: 'stderr', offset: run.bytes.stderr, data: Buffer.from(`symbio agent: cannot run ${argv[0]}: ${err.message}\n`).toString('base64') }, 0);
-      run.bytes.stderr += Buffer.byteLength(`symbio agent: cannot run ${argv[0]}: ${err.message}\n`);
-    });
+    // a command that cannot start says so on its own stderr stream, like any output
+    child.once('error', (err) => pipe('stderr')(Buffer.from(`symbio agent: cannot run ${argv[0]}: ${err.message}\n`)));
     child.once('close', (code, signal) => {
       run.exit = { code: code ?? 128 + (signal ? (osConstants.signals as Record<string, number>)[signal] ?? 0 : 0), signal };
       this.#log.info({ job: job.id, code, signal }, 'command ended');

@@ -414,7 +414,8 @@ export class Controller extends EventEmitter<ControllerEvents> {
           job.measured.checkpointMs.push(rec.durationMs);
         }
       } else {
-        await restartFromCheckpoint(ctx, op, { ...(job.lastCheckpoint && params.manifest === undefined ? { manifest: job.lastCheckpoint.id } : {}), ...params });
+        // without a manifest: the newest complete checkpoint in the job's directory (the last one taken)
+        await restartFromCheckpoint(ctx, op, { ...params });
         if (op.record().ok) job.measured.restartMs.push(op.record().durationMs);
       }
     } catch (err) {

@@ -355,8 +355,9 @@ export async function restartFromCheckpoint(ctx: VmJobContext, op: PhasedOp, par
   const p = restartParams.parse(paramsIn);
   op.to('verifying');
   let checked;
+  let path: string | undefined;
   try {
-    const path = p.manifest ?? listCheckpoints(ctx.checkpointDir)[0];
+    path = p.manifest ?? listCheckpoints(ctx.checkpointDir)[0];
     if (!path) throw new CheckpointInvalidError(`job ${ctx.job} has no checkpoint in ${ctx.checkpointDir}`);
     checked = await verifyJobCheckpoint(path);
     if (checked.manifest.job !== ctx.job) throw new CheckpointInvalidError(`${path} is a checkpoint of job ${checked.manifest.job}, not ${ctx.job}`);
@@ -380,7 +381,7 @@ export async function restartFromCheckpoint(ctx: VmJobContext, op: PhasedOp, par
 
     op.to('resuming');
     await ctx.quiescer.resume();
-    op.result = { manifest: p.manifest, to: Object.fromEntries(started.map((s) => [s.vm, s.to])) };
+    op.result = { manifest: path, to: Object.fromEntries(started.map((s) => [s.vm, s.to])) };
     op.to('done');
   } catch (err) {
     op.fail(err);
