@@ -2,7 +2,7 @@
  * symbio's public API for plugin authors: `import { definePlugin } from 'symbio'`.
  * Built-in plugins (plugins/) import only from this module.
  */
-export { definePlugin, PLUGIN_API_VERSION } from './host/plugin-api.js';
+export { definePlugin, failureOfJob, PLUGIN_API_VERSION } from './host/plugin-api.js';
 export type {
   ClusterView,
   Decision,
@@ -24,3 +24,5 @@ export type {
   PluginHooks,
   PluginKind,
 } from './host/plugin-api.js';
+/** The local virtual cluster's simulated host health (the vcluster-health monitor reads it). */
+export { readHealth as readSimulatedHealth, type HealthCondition as SimulatedHealthCondition } from './vcluster/health.js';

@@ -140,12 +140,33 @@ export function drainHostDecision(event: HealthEvent, view: ClusterView, o: Pick
 }
 
 /**
- * What to do about one health event: null below `minSeverity` (for jobs) or
+ * A migration in flight towards the event's host: send it elsewhere (the
+ * controller cancels the move and starts it again to another spare; the
+ * ranks stay frozen, so the job never runs on the bad host).
+ */
+export function retargetDecision(event: HealthEvent, view: ClusterView, o: Pick<MigrateOnHealthOptions, 'minSeverity'>): Decision | null {
+  if (!severityAtLeast(event.severity, o.minSeverity)) return null;
+  const job = view.jobs.find((j) => j.operation?.kind === 'migrate' && Object.values(j.operation.targets ?? {}).includes(event.host));
+  if (!job) return null;
+  const vms = Object.entries(job.operation?.targets ?? {}).filter(([, h]) => h === event.host).map(([vm]) => vm);
+  return {
+    action: 'retarget',
+    job: job.id,
+    from: event.host,
+    reason: `host ${event.host} ${event.component}: ${event.message}; ${vms.join(', ')} of job ${job.id} ${vms.length === 1 ? 'is' : 'are'} being migrated there: sending ${vms.length === 1 ? 'it' : 'them'} to another spare instead`,
+  };
+}
+
+/**
+ * What to do about one health event: a retarget when a migration is heading
+ * for the event's host; null below `minSeverity` (for jobs) or
  * when nothing is to be done; the plan for the first job on the host that is
  * running and idle (a job already under an operation is being dealt with);
  * the drain follow-up when no job is left on the host.
  */
 export function decideOnHealthEvent(event: HealthEvent, view: ClusterView, o: MigrateOnHealthOptions): Decision | null {
+  const retarget = retargetDecision(event, view, o);
+  if (retarget) return retarget;
   const onHost = view.jobs.filter((j) => j.state !== 'finished' && j.state !== 'failed' && j.vms.some((vm) => vm.host === event.host));
   if (onHost.length === 0) return drainHostDecision(event, view, o);
   if (!severityAtLeast(event.severity, o.minSeverity)) return null;

@@ -15,7 +15,7 @@
  * the history it needs between calls.
  */
 import { z } from 'zod';
-import { definePlugin, PLUGIN_API_VERSION, type ClusterView, type Decision, type FailureEvent, type JobView, type OperationRecord, type PolicyHooks } from '../../src/index.js';
+import { definePlugin, failureOfJob, PLUGIN_API_VERSION, type ClusterView, type Decision, type FailureEvent, type JobView, type OperationRecord, type PolicyHooks } from '../../src/index.js';
 import { failureAffectsJob, formatMs, freeSpareHosts, jobHosts } from './common.js';
 
 export interface RestartOptions {
@@ -24,6 +24,12 @@ export interface RestartOptions {
   readonly windowMs: number;
   /** Failures of a job this close to the one a restart was decided for are that same failure, ms. */
   readonly dedupeWindowMs: number;
+  /**
+   * Restart a job that failed by itself (a rank died, the job aborted) on
+   * healthy hosts too. Off by default: such a job usually fails the same way
+   * again from its checkpoint, and its exit code is the user's answer.
+   */
+  readonly restartJobFailures?: boolean;
 }
 
 /** What the plugin remembers of one job between failures. */
@@ -64,6 +70,9 @@ function decideForJob(failure: FailureEvent, job: JobView, view: ClusterView, hi
       action: 'none',
       reason: `${what}: a restart was already decided for a failure ${formatMs(Math.abs(failure.at - history.lastFailureAt))} apart from this one (same fault)`,
     };
+  }
+  if (failureOfJob(failure) && !o.restartJobFailures) {
+    return { action: 'none', reason: `${what}: the job failed by itself on healthy hosts; not restarting it (it would most likely fail again the same way; restartJobFailures: true to restart anyway)` };
   }
   const recent = (history?.restarts ?? []).filter((t) => view.now - t < o.windowMs);
   if (recent.length >= o.maxRestarts) {
@@ -129,6 +138,10 @@ const configSchema = z
       .nonnegative()
       .default(60_000)
       .describe('Failure events of a job within this many ms of the failure a restart was decided for are the same fault, ms'),
+    restartJobFailures: z
+      .boolean()
+      .default(false)
+      .describe('Also restart a job that failed by itself (rank dead, job aborted) while its hosts are healthy'),
   })
   .strict();
 

@@ -130,6 +130,11 @@ export class GuestAgent {
     });
     this.#job = { id: job, agent, run: null };
     this.#endpoint.setAgent(agent);
+    // the controller judges a rank's death (a job failure unless it had finalized)
+    agent.on('rank-exit', (r) => {
+      const slot = agent.snapshot().ranks.find((x) => x.slot === r.slot && x.pid === r.pid);
+      this.#emit({ event: 'rank-exit', job, slot: r.slot, pid: r.pid, worldRank: r.worldRank, finalized: slot?.state === 'finalized' || slot?.state === 'detached' }, 0);
+    });
     this.#log.info({ job, segment: agent.segmentName }, 'job opened');
     return { node: this.o.node, segment: agent.segmentName, reattached: false, run: null };
   }

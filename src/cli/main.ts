@@ -12,7 +12,7 @@ import { parseMpirunArgs, UsageError } from '../launcher/mpirun-args.js';
 import { ask, CliError, events, EXIT, formatEvent, formatPhases, operate, resolveTarget, table, type Target } from './actions.js';
 import { checkConfig, formatEffectiveConfig } from './config-actions.js';
 import { progressDisplay, type Progress } from './progress.js';
-import { clusterStatus, copyIntoCluster, downCluster, execInCluster, imageBuild, migrateInCluster, upCluster } from './vcluster-actions.js';
+import { clusterStatus, copyIntoCluster, downCluster, execInCluster, healthInCluster, imageBuild, killInCluster, migrateInCluster, upCluster } from './vcluster-actions.js';
 import { listJobs } from '../agent/runtime-dir.js';
 import { ConfigError, loadConfig, readTokenFile } from '../config/load.js';
 import { PluginLoadError } from '../host/plugin-driver.js';
@@ -387,6 +387,40 @@ function program(): Command {
     .action(async (paths, o) => {
       const to = await copyIntoCluster(o.name, o.vm, paths);
       process.stderr.write(`copied into ${to.join(', ')}:${paths[paths.length - 1]}\n`);
+    });
+  vc.command('health')
+    .description("set the simulated health of a slot (the vcluster-health monitor reports it), or clear it")
+    .addOption(nameOption())
+    .requiredOption('--slot <slot>', 'slot (slot2 or 2)')
+    .addOption(new Option('--severity <severity>', 'how bad').choices(['info', 'warning', 'critical'] as const).default('warning' as const))
+    .option('--component <what>', 'what is failing', 'simulated memory mc0')
+    .option('--message <text>', 'what was seen', 'correctable memory errors rising fast')
+    .option('--lead-time <ms>', 'predicted time to failure, ms (counts down from now)')
+    .option('--clear', "clear the slot's condition (the monitor then reports it back to normal)")
+    .option('--json', 'print the condition as JSON')
+    .action(async (o) => {
+      if (o.clear) {
+        healthInCluster(o.name, o.slot, null);
+        print(o.json, { slot: o.slot, cleared: true }, () => `${o.slot}: condition cleared`);
+        return;
+      }
+      const c = healthInCluster(o.name, o.slot, {
+        severity: o.severity,
+        component: o.component,
+        message: o.message,
+        ...(o.leadTime === undefined ? {} : { leadTimeMs: positiveMs('--lead-time', o.leadTime) }),
+      })!;
+      print(o.json, c, () => `${o.slot}: ${c.severity}: ${c.component}: ${c.message}${c.leadTimeMs === undefined ? '' : ` (failure predicted in ${Math.round(c.leadTimeMs / 1000)} s)`}`);
+    });
+  vc.command('kill')
+    .description("simulate a host failure: SIGKILL the QEMU running in a slot (or the VM's)")
+    .addOption(nameOption())
+    .option('--slot <slot>', 'slot (slot2 or 2)')
+    .option('--vm <vm>', 'VM name or index')
+    .option('--json', 'print the result as JSON')
+    .action(async (o) => {
+      const r = await killInCluster(o.name, { ...(o.slot ? { slot: o.slot } : {}), ...(o.vm ? { vm: o.vm } : {}) });
+      print(o.json, r, () => `killed ${r.vm}'s QEMU (pid ${r.pid}) in ${r.slot}`);
     });
   vc.command('migrate')
     .description('raw live migration of one VM to a spare slot (no MPI cooperation)')

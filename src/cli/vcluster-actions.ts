@@ -9,7 +9,9 @@ import type { Logger } from '../log.js';
 import { MigrationError, type MigrationOptionsInput } from '../hypervisor/qemu/migration.js';
 import { VmSpecError } from '../hypervisor/qemu/vm-spec.js';
 import { ClusterError } from '../vcluster/state.js';
-import { guestCopy, guestExec, requireState, vclusterDown, vclusterMigrate, vclusterStatus, vclusterUp } from '../vcluster/vcluster.js';
+import { findVm, guestCopy, guestExec, requireState, vclusterDown, vclusterMigrate, vclusterStatus, vclusterUp } from '../vcluster/vcluster.js';
+import { clearHealth, setHealth } from '../vcluster/health.js';
+import { pidAlive } from '../util/process.js';
 import { CliError, EXIT } from './actions.js';
 import type { Progress } from './progress.js';
 
@@ -98,4 +100,31 @@ export function migrateInCluster(o: { name: string; vm: string; slot?: number; m
         o.progress?.phase('migrate', `${p.status}, pass ${p.pass}, ${Math.round(p.remainingBytes / 2 ** 20)} MiB left of ${Math.round(p.totalBytes / 2 ** 20)}`),
     }),
   );
+}
+
+/** Simulate a host failure: SIGKILL the QEMU of a VM (by VM, or by the slot it runs in). */
+export async function killInCluster(name: string, o: { slot?: string; vm?: string }): Promise<{ vm: string; slot: string; pid: number }> {
+  const state = await clusterCall(async () => requireState(name));
+  if ((o.slot === undefined) === (o.vm === undefined)) throw new CliError('name the VM to kill with --vm, or its slot with --slot', EXIT.usage);
+  const slot = o.slot === undefined ? undefined : o.slot.replace(/^slot/, '');
+  const v = o.vm !== undefined ? await clusterCall(async () => findVm(state, o.vm!)) : state.vms.find((x) => String(x.slot) === slot);
+  if (!v) throw new CliError(`no VM of ${name} runs in slot ${o.slot} (VMs: ${state.vms.map((x) => `${x.name} in slot${x.slot}`).join(', ')})`, EXIT.failed);
+  if (!(v.pid > 0 && pidAlive(v.pid))) throw new CliError(`${v.name}'s QEMU (pid ${v.pid}) is not running`, EXIT.failed);
+  process.kill(v.pid, 'SIGKILL');
+  return { vm: v.name, slot: `slot${v.slot}`, pid: v.pid };
+}
+
+/** Set or clear a slot's simulated health (vcluster/health.ts), with CLI errors. */
+export function healthInCluster(name: string, slot: string, c: Parameters<typeof setHealth>[2] | null): ReturnType<typeof setHealth> | null {
+  try {
+    requireState(name);
+    if (c === null) {
+      clearHealth(name, slot);
+      return null;
+    }
+    return setHealth(name, slot, c);
+  } catch (err) {
+    if (err instanceof ClusterError) throw new CliError(err.message, EXIT.failed);
+    throw err;
+  }
 }

@@ -109,13 +109,22 @@ const VM_KINDS: ReadonlySet<OperationKind> = new Set(['checkpoint', 'migrate', '
 export class Controller extends EventEmitter<ControllerEvents> {
   readonly #jobs = new Map<string, JobEntry>();
   readonly #hostStates = new Map<string, HostState>();
+  #spares = new Map<string, boolean>();
   readonly #log: Logger;
   #closed = false;
 
   constructor(readonly options: ControllerOptions) {
     super();
     this.#log = options.log;
-    for (const h of options.hosts ?? []) this.#hostStates.set(h.name, 'up');
+    this.addHosts(options.hosts ?? []);
+  }
+
+  /** Hosts (places VMs can run in) the controller knows of, e.g. a virtual cluster's slots; known ones keep their state. */
+  addHosts(hosts: readonly { readonly name: string; readonly spare: boolean }[]): void {
+    for (const h of hosts) {
+      if (!this.#hostStates.has(h.name)) this.#hostStates.set(h.name, 'up');
+      this.#spares.set(h.name, h.spare);
+    }
   }
 
   // ---- registry ----
@@ -248,22 +257,56 @@ export class Controller extends EventEmitter<ControllerEvents> {
     return this.#job(jobId).journal.dir;
   }
 
-  /** Mark a host (health policies drain it; a failure downs it). */
-  setHostState(host: string, state: HostState): void {
+  /** Mark a host (health policies drain it; a failure downs it); jobs with VMs there journal it. */
+  setHostState(host: string, state: HostState, reason = ''): void {
+    const was = this.#hostStates.get(host);
     this.#hostStates.set(host, state);
+    if (was === state) return;
+    this.#log.info({ host, state, was, reason }, `host ${host} is ${state}`);
+    for (const job of this.#jobs.values()) {
+      if (job.state === 'finished' || job.state === 'failed') continue;
+      this.#record(job, 'host-state', { host, state, ...(was ? { was } : {}), reason });
+    }
+  }
+
+  hostState(host: string): HostState | undefined {
+    return this.#hostStates.get(host);
+  }
+
+  /** Places a VM may be started in now: free in the backend and neither down, drained nor degraded here. */
+  #usablePlaces(ctx: VmJobContext, exclude: ReadonlySet<string> = new Set()): string[] {
+    return ctx.backend.freePlaces().filter((p) => !exclude.has(p) && (this.#hostStates.get(p) ?? 'up') === 'up');
+  }
+
+  /**
+   * A migration of the job is under way towards `from`, which turned bad:
+   * send the VMs going there to `to` (default: a usable free place) instead.
+   */
+  async retarget(jobId: string, from: string, to: string | undefined, reason: string): Promise<string> {
+    const job = this.#job(jobId);
+    const ctx = job.vmJob;
+    const op = job.current;
+    if (!ctx || !op || op.finished || op.kind !== 'migrate' || !ctx.inFlight) throw new OperationRefusedError(`job ${job.id} has no migration under way to retarget`);
+    const targets = ctx.inFlight.targets();
+    const dest = to ?? this.#usablePlaces(ctx, new Set([from, ...Object.values(targets)]))[0];
+    if (!dest) throw new OperationRefusedError(`no usable free ${ctx.backend.placeKind} to send ${job.id}'s VMs to instead of ${from}`);
+    ctx.inFlight.retarget(from, dest, reason);
+    this.#record(job, 'retarget', { op: op.id, from, to: dest, reason });
+    return dest;
   }
 
   // ---- views ----
 
   #jobView(job: JobEntry): JobView {
     const mean = (xs: number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
+    const targets = job.vmJob?.inFlight?.targets();
     return {
       id: job.id,
       state: job.current && !job.current.finished ? 'operating' : job.state,
       startedAt: job.startedAt,
       ranks: job.np ?? 0,
       vms: [...job.vms.values()].map((v) => ({ ...v })),
-      operation: job.current && !job.current.finished ? { kind: job.current.kind, phase: String(job.current.phase) } : null,
+      operation: job.current && !job.current.finished ? { kind: job.current.kind, phase: String(job.current.phase), ...(targets ? { targets } : {}) } : null,
       lastCheckpoint: job.lastCheckpoint,
       measured: {
         checkpointMs: mean(job.measured.checkpointMs),
@@ -275,10 +318,9 @@ export class Controller extends EventEmitter<ControllerEvents> {
   }
 
   view(): ClusterView {
-    const spares = new Map((this.options.hosts ?? []).map((h) => [h.name, h.spare]));
     return {
       now: Date.now(),
-      hosts: [...this.#hostStates].map(([name, state]) => ({ name, state, spare: spares.get(name) ?? false })),
+      hosts: [...this.#hostStates].map(([name, state]) => ({ name, state, spare: this.#spares.get(name) ?? false })),
       jobs: [...this.#jobs.values()].map((j) => this.#jobView(j)),
     };
   }
@@ -402,8 +444,50 @@ export class Controller extends EventEmitter<ControllerEvents> {
     }
   }
 
-  async #vmOp(job: JobEntry, ctx: VmJobContext, op: Operation, timeoutMs: number, params: Readonly<Record<string, unknown>>): Promise<void> {
+  /**
+   * Where VMs go when the request does not say: places that are free and up
+   * (never a down, drained or degraded host). A restart's `hosts` (a
+   * policy's decision: the job's hosts in order, failed ones replaced) become
+   * per-VM places; VMs whose host is fine restart where they were.
+   */
+  #placement(job: JobEntry, ctx: VmJobContext, kind: OperationKind, params: Readonly<Record<string, unknown>>): Record<string, unknown> {
+    const out: Record<string, unknown> = { ...params };
+    const vms = [...job.vms.values()];
+    if (kind === 'migrate' && out.to === undefined) {
+      const n = Array.isArray(out.vms) ? out.vms.length : 1;
+      const usable = this.#usablePlaces(ctx);
+      if (usable.length < n) throw new OperationRefusedError(`no usable free ${ctx.backend.placeKind} for ${n} VM${n === 1 ? '' : 's'} of job ${job.id} (free and up: ${usable.join(', ') || 'none'})`);
+      out.to = usable.slice(0, n);
+    }
+    if (kind === 'restart' && out.places === undefined) {
+      const places: Record<string, string> = {};
+      if (Array.isArray(out.hosts)) {
+        const hosts = [...new Set(vms.map((v) => v.host))];
+        hosts.forEach((h, i) => {
+          const dest = (out.hosts as unknown[])[i];
+          if (typeof dest === 'string') for (const v of vms) if (v.host === h) places[v.id] = dest;
+        });
+      } else {
+        const taken = new Set<string>();
+        const free = () => this.#usablePlaces(ctx, taken);
+        for (const v of vms) {
+          const ok = (this.#hostStates.get(v.host) ?? 'up') === 'up';
+          const place = ok ? v.host : free()[0];
+          if (place) {
+            places[v.id] = place;
+            taken.add(place);
+          }
+        }
+      }
+      out.places = places;
+      delete out.hosts;
+    }
+    return out;
+  }
+
+  async #vmOp(job: JobEntry, ctx: VmJobContext, op: Operation, timeoutMs: number, paramsIn: Readonly<Record<string, unknown>>): Promise<void> {
     try {
+      const params = this.#placement(job, ctx, op.kind, paramsIn);
       if (op.kind === 'migrate') await cooperativeMigrate(ctx, op, { ...params }, timeoutMs);
       else if (op.kind === 'checkpoint') {
         const path = await coordinatedCheckpoint(ctx, op, timeoutMs);

@@ -55,9 +55,18 @@ export interface GuestExit {
   readonly stderr: number;
 }
 
+export interface GuestRankExit {
+  readonly slot: number;
+  readonly pid: number;
+  readonly worldRank: number;
+  /** It had called MPI_Finalize (a normal end), as the guest's segment says. */
+  readonly finalized: boolean;
+}
+
 export interface GuestAgentLinkEvents {
   connected: [OpenResult];
   dropped: [string];
+  'rank-exit': [GuestRankExit];
   output: [GuestOutput];
   exit: [GuestExit];
 }
@@ -173,6 +182,10 @@ export class GuestAgentLink extends EventEmitter<GuestAgentLinkEvents> implement
   #onEvent(m: Record<string, unknown>): boolean {
     if (m.event === 'output' && (m.stream === 'stdout' || m.stream === 'stderr') && typeof m.offset === 'number' && typeof m.data === 'string') {
       this.emit('output', { stream: m.stream, offset: m.offset, data: Buffer.from(m.data, 'base64') });
+      return true;
+    }
+    if (m.event === 'rank-exit' && typeof m.slot === 'number' && typeof m.pid === 'number') {
+      this.emit('rank-exit', { slot: m.slot, pid: m.pid, worldRank: Number(m.worldRank), finalized: m.finalized === true });
       return true;
     }
     if (m.event === 'exit' && typeof m.code === 'number') {

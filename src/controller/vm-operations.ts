@@ -40,6 +40,20 @@ export interface VmJobContext {
   readonly checkpointDir: string;
   /** Checkpoints kept (older good ones are pruned after a new one is written). */
   readonly keep: number;
+  /** The migration under way (set by cooperativeMigrate while it runs): where VMs go, and how to send them elsewhere. */
+  inFlight?: MigrationInFlight | null;
+}
+
+export interface MigrationInFlight {
+  /** VM id -> place it is being moved to now. */
+  targets(): Record<string, string>;
+  /**
+   * Send the VMs going to `from` to `to` instead: a move not started yet is
+   * prepared again there; one in progress is cancelled (the VM stays whole
+   * at its source, its ranks frozen) and started again towards `to`.
+   * Resolves once the request is registered, not when the move ends.
+   */
+  retarget(from: string, to: string, reason: string): void;
 }
 
 /** An operation as these steps drive it (any kind: its transition table still checks each step). */
@@ -105,6 +119,52 @@ export async function cooperativeMigrate(ctx: VmJobContext, op: PhasedOp, params
   const moved = new Set<string>();
   const progress: { vm: string; t: number; remaining: number; transferred: number }[] = [];
   const t0 = performance.now();
+  // Retargets: requests wait here until the move concerned picks them up;
+  // a move in progress is cancelled through its AbortController.
+  const pendingRetarget = new Map<string, { to: string; reason: string; requestedAt: number }>();
+  const aborts = new Map<string, AbortController>();
+  const retargeted: { vm: string; from: string; to: string; reason: string; atMs: number; cancelledAfterMs: number | null; bytesSentBefore: number; newDestinationMs: number }[] = [];
+  ctx.inFlight = {
+    targets: () => Object.fromEntries(moves.map((m) => [m.vm, m.to])),
+    retarget: (fromPlace, toPlace, reason) => {
+      const going = moves.filter((m) => m.to === fromPlace && !moved.has(m.vm));
+      if (going.length === 0) throw new VmOperationError(`no VM of job ${ctx.job} is being moved to ${fromPlace}`);
+      // once a postcopy switch-over has happened the guest runs at the destination: nothing to cancel back to
+      if (options.mode !== 'precopy') throw new VmOperationError(`a ${options.mode} migration cannot be cancelled safely once it has switched over; only precopy moves are retargeted`);
+      if (moves.some((m) => m.to === toPlace)) throw new VmOperationError(`${toPlace} is already the destination of a VM of job ${ctx.job}`);
+      for (const m of going) {
+        pendingRetarget.set(m.vm, { to: toPlace, reason, requestedAt: performance.now() });
+        aborts.get(m.vm)?.abort(new VmOperationError(`retargeted to ${toPlace}: ${reason}`));
+      }
+      ctx.log.warn({ from: fromPlace, to: toPlace, vms: going.map((m) => m.vm), reason }, 'migration retargeted');
+    },
+  };
+  /** One VM's move; a retarget cancels it and starts it again towards the new place, as often as asked. */
+  const moveFollowingRetargets = async (i: number, onProgress: (s: MigrationProgress) => void) => {
+    for (;;) {
+      const m = moves[i]!;
+      const r = pendingRetarget.get(m.vm);
+      if (r) {
+        pendingRetarget.delete(m.vm);
+        const sent = progress.filter((x) => x.vm === m.vm).at(-1)?.transferred ?? 0;
+        const t = performance.now();
+        await ctx.backend.discardMoves([m]);
+        const [next] = await ctx.backend.prepareMoves([m.vm], [r.to]);
+        moves[i] = next!;
+        retargeted.push({ vm: m.vm, from: m.to, to: next!.to, reason: r.reason, atMs: Math.round(r.requestedAt - t0), cancelledAfterMs: Math.round(t - r.requestedAt), bytesSentBefore: sent, newDestinationMs: Math.round(performance.now() - t) });
+      }
+      const ac = new AbortController();
+      aborts.set(m.vm, ac);
+      try {
+        return await ctx.backend.move(moves[i]!, options, onProgress, ac.signal);
+      } catch (err) {
+        // cancelled for a retarget: the VM is whole at its source; go round
+        if (!pendingRetarget.has(m.vm)) throw err;
+      } finally {
+        aborts.delete(m.vm);
+      }
+    }
+  };
   try {
     op.to('preparing-destination');
     moves = await ctx.backend.prepareMoves(vms, p.to ?? []);
@@ -123,15 +183,17 @@ export async function cooperativeMigrate(ctx: VmJobContext, op: PhasedOp, params
 
     op.to('migrating');
     const results = await Promise.allSettled(
-      moves.map(async (m) => {
+      moves.map(async (_, i) => {
         const onProgress = (s: MigrationProgress): void => {
-          if (progress.length < 5000) progress.push({ vm: m.vm, t: Math.round(performance.now() - t0), remaining: s.remainingBytes, transferred: s.transferredBytes });
+          if (progress.length < 5000) progress.push({ vm: moves[i]!.vm, t: Math.round(performance.now() - t0), remaining: s.remainingBytes, transferred: s.transferredBytes });
         };
-        const r = await ctx.backend.move(m, options, onProgress);
-        moved.add(m.vm);
-        return { vm: m.vm, to: m.to, totalMs: r.totalMs, wallMs: Math.round(r.wallMs), downtimeMs: r.downtimeMs, bytes: r.transferredBytes, passes: r.passes, mode: options.mode };
+        const r = await moveFollowingRetargets(i, onProgress);
+        moved.add(moves[i]!.vm);
+        return { vm: moves[i]!.vm, to: moves[i]!.to, totalMs: r.totalMs, wallMs: Math.round(r.wallMs), downtimeMs: r.downtimeMs, bytes: r.transferredBytes, passes: r.passes, mode: options.mode };
       }),
     );
+    ctx.inFlight = null;
+    if (retargeted.length) op.note({ retargeted });
     op.note({ vms: results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : [])), progress });
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     // the links follow the VMs that moved to their new sockets
@@ -152,6 +214,7 @@ export async function cooperativeMigrate(ctx: VmJobContext, op: PhasedOp, params
     op.result = { from, to: Object.fromEntries(moves.map((m) => [m.vm, m.to])), vms };
     op.to('done');
   } catch (err) {
+    ctx.inFlight = null;
     op.fail(err);
     op.to('rolling-back');
     const problems: string[] = [];

@@ -69,6 +69,12 @@ export interface HealthMonitorHooks extends PluginHooks {
 
 /** A failure detected by symbio itself (not predicted: it happened). */
 export interface FailureEvent {
+  /**
+   * What failed. agent-lost, qemu-gone, qmp-dead and host-down are failures
+   * of the machine under the job (a VM or its host: the job itself was
+   * fine); rank-dead and job-aborted are failures of the job on machines
+   * that are still healthy (see `failureOfJob`).
+   */
   readonly kind: 'agent-lost' | 'qemu-gone' | 'qmp-dead' | 'rank-dead' | 'job-aborted' | 'host-down';
   readonly job?: string;
   readonly host?: string;
@@ -101,6 +107,18 @@ export type Decision =
       readonly reason: string;
     }
   | { readonly action: 'drain-host'; readonly host: string; readonly reason: string }
+  | {
+      /**
+       * A migration of the job is in flight towards `from`, which has turned
+       * bad: cancel the move of the VMs going there and send them to `to`
+       * (a free spare when absent) instead; the ranks stay frozen throughout.
+       */
+      readonly action: 'retarget';
+      readonly job: string;
+      readonly from: string;
+      readonly to?: string;
+      readonly reason: string;
+    }
   | { readonly action: 'none'; readonly reason: string };
 
 export type HostState = 'up' | 'degraded' | 'drained' | 'down';
@@ -119,8 +137,8 @@ export interface JobView {
   readonly startedAt: number;
   readonly ranks: number;
   readonly vms: readonly { readonly id: string; readonly host: string; readonly memoryBytes: number }[];
-  /** The operation under way, if any. */
-  readonly operation: { readonly kind: OperationKind; readonly phase: string } | null;
+  /** The operation under way, if any; a migration says where its VMs are going (VM id -> host). */
+  readonly operation: { readonly kind: OperationKind; readonly phase: string; readonly targets?: Readonly<Record<string, string>> } | null;
   /** Last checkpoint that completed, if any. */
   readonly lastCheckpoint: { readonly id: string; readonly at: number; readonly durationMs: number } | null;
   /** Measured so far on this job (means; null until measured). */
@@ -164,6 +182,11 @@ export interface PolicyHooks extends PluginHooks {
   readonly decideOnFailure?: HookEntry<(failure: FailureEvent, view: ClusterView) => Decision | null | Promise<Decision | null>>;
   readonly operationFinished?: HookEntry<(op: OperationRecord, view: ClusterView) => void | Promise<void>>;
   readonly healthEvent?: HookEntry<(event: HealthEvent) => void | Promise<void>>;
+}
+
+/** Failures of the job itself (its VMs and hosts are fine), as opposed to failures of the machines under it. */
+export function failureOfJob(f: Pick<FailureEvent, 'kind'>): boolean {
+  return f.kind === 'rank-dead' || f.kind === 'job-aborted';
 }
 
 /** What a plugin may ask for. Requests are queued behind the job's current operation (or refused). */

@@ -34,6 +34,18 @@ export interface PluginListing {
   readonly failures: number;
 }
 
+/** The operation parameters a decision carries (which VMs, where to, from which checkpoint). */
+function decisionParams(d: Decision): Record<string, unknown> {
+  switch (d.action) {
+    case 'migrate':
+      return { vms: d.vms, ...(d.to ? { to: d.to } : {}), ...(d.mode ? { mode: d.mode } : {}) };
+    case 'restart':
+      return { ...(d.checkpoint ? { manifest: d.checkpoint } : {}), ...(d.hosts ? { hosts: d.hosts } : {}) };
+    default:
+      return {};
+  }
+}
+
 export class PluginHost {
   readonly driver: PluginDriver;
   readonly #controller: Controller;
@@ -105,47 +117,81 @@ export class PluginHost {
       .map((j) => j.id);
   }
 
-  /** A health event: journal it, tell observers, ask the policies. */
+  /**
+   * A health event: journal it, tell observers, ask the policies. A decision
+   * that moved work away is followed by asking again with the same event and
+   * the new view, so the policy can finish the job (drain the host it left)
+   * without waiting for the monitor's next sample; at most a few rounds.
+   */
   async health(event: HealthEvent): Promise<OperationRecord | null> {
     const jobs = this.#jobsOn(event.host);
     for (const j of jobs) this.#controller.journal(j, 'health', { ...event });
     await this.driver.hookParallel('healthEvent', event);
     if (event.severity === 'info') return null;
-    const d = await this.driver.hookFirst<Decision>('decideOnHealth', event, this.#controller.view());
-    if (!d) return null;
-    return this.execute(d.result, d.plugin);
+    // a host a monitor says is about to fail takes no new VMs (policies see it in the view)
+    if (event.severity === 'critical' && this.#controller.hostState(event.host) === 'up') {
+      this.#controller.setHostState(event.host, 'degraded', `${event.monitor}: ${event.component}: ${event.message}`);
+    }
+    let first: OperationRecord | null = null;
+    for (let round = 0; round < 3 && !this.#closed; round++) {
+      const d = await this.driver.hookFirst<Decision>('decideOnHealth', event, this.#controller.view());
+      if (!d) break;
+      const { record } = await this.#carryOut(d.result, d.plugin);
+      first ??= record;
+      if (d.result.action !== 'migrate' || !record?.ok) break;
+    }
+    return first;
   }
 
-  /** A failure symbio detected itself (rank died, QEMU gone, ...). */
-  async failure(failure: FailureEvent): Promise<OperationRecord | null> {
+  /**
+   * A failure symbio detected itself (rank died, QEMU gone, ...): journal it
+   * under the jobs it concerns and let the first policy that decides act.
+   * Returns the decision (null: no policy decided) and the operation it led to.
+   */
+  async failure(failure: FailureEvent): Promise<{ decision: Decision | null; by: string | null; record: OperationRecord | null }> {
     const jobs = failure.job ? [failure.job] : this.#jobsOn(failure.host);
     for (const j of jobs) this.#controller.journal(j, 'failure', { ...failure });
     const d = await this.driver.hookFirst<Decision>('decideOnFailure', failure, this.#controller.view());
-    if (!d) return null;
-    return this.execute(d.result, d.plugin);
+    if (!d) return { decision: null, by: null, record: null };
+    return { decision: d.result, by: d.plugin, ...(await this.#carryOut(d.result, d.plugin)) };
   }
 
   /** Carry out a policy's decision. Refusals are journaled and returned as null, not thrown. */
   async execute(decision: Decision, by: string): Promise<OperationRecord | null> {
+    return (await this.#carryOut(decision, by)).record;
+  }
+
+  async #carryOut(decision: Decision, by: string): Promise<{ record: OperationRecord | null; refused?: string }> {
     const jobs = 'job' in decision ? [decision.job] : this.#jobsOn(decision.action === 'drain-host' ? decision.host : undefined);
     for (const j of jobs) this.#controller.journal(j, 'decision', { by, ...decision });
     this.#log.info({ by, decision }, `decision: ${decision.action}`);
+    const refused = (job: string, err: unknown): { record: null; refused: string } => {
+      const reason = (err as Error).message;
+      this.#controller.journal(job, 'decision-refused', { by, action: decision.action, reason });
+      this.#log.warn({ by, action: decision.action, err: reason }, 'decision not carried out');
+      return { record: null, refused: reason };
+    };
     switch (decision.action) {
       case 'none':
-        return null;
+        return { record: null };
       case 'drain-host':
-        this.#controller.setHostState(decision.host, 'drained');
-        return null;
+        this.#controller.setHostState(decision.host, 'drained', `${by}: ${decision.reason}`);
+        return { record: null };
+      case 'retarget':
+        try {
+          await this.#controller.retarget(decision.job, decision.from, decision.to, `${by}: ${decision.reason}`);
+          return { record: null };
+        } catch (err) {
+          return refused(decision.job, err);
+        }
       case 'checkpoint':
       case 'migrate':
       case 'restart':
         try {
-          const rec = await this.#controller.request({ job: decision.job, kind: decision.action, requestedBy: by, reason: decision.reason });
-          return Controller.pluginRecord(rec);
+          const rec = await this.#controller.request({ job: decision.job, kind: decision.action, requestedBy: by, reason: decision.reason, params: decisionParams(decision) });
+          return { record: Controller.pluginRecord(rec) };
         } catch (err) {
-          this.#controller.journal(decision.job, 'decision-refused', { by, action: decision.action, reason: (err as Error).message });
-          this.#log.warn({ by, action: decision.action, err: (err as Error).message }, 'decision not carried out');
-          return null;
+          return refused(decision.job, err);
         }
     }
   }

@@ -20,6 +20,8 @@ import { guestSegmentName } from '../agent/guest-agent.js';
 import { VclusterJobVms } from '../vcluster/job-vms.js';
 import { ClusterError } from '../vcluster/state.js';
 import type { PluginHost } from '../host/plugin-host.js';
+import { VmJobSupervisor } from '../controller/vm-job-supervisor.js';
+import { pidAlive } from '../util/process.js';
 import { withShim, type ParsedMpirun } from './mpirun-args.js';
 import type { Logger } from '../log.js';
 
@@ -41,6 +43,8 @@ export interface VmLaunchOptions {
   readonly checkpointKeep?: number;
   readonly startPlugins?: (controller: Controller) => Promise<PluginHost | null>;
   readonly onStarted?: (ctx: { jobId: string; socket: string; controller: Controller; links: ReadonlyMap<string, GuestAgentLink>; backend: VclusterJobVms }) => void;
+  /** Failure detection: agent silence after which a VM counts as lost, ms. */
+  readonly agentLostMs?: number;
   /** Where the job's output goes (default: this process's stdout/stderr). */
   readonly output?: { stdout: NodeJS.WritableStream; stderr: NodeJS.WritableStream };
 }
@@ -97,6 +101,7 @@ export async function launchInVms(o: VmLaunchOptions): Promise<{ exitCode: numbe
   const out = o.output ?? { stdout: process.stdout, stderr: process.stderr };
   const printed = { stdout: 0, stderr: 0 };
   let head: GuestAgentLink | null = null;
+  let supervisor: VmJobSupervisor | null = null;
   // A signal goes to mpirun in the guest; if the job has not ended a while
   // later (its VM unreachable), or on a second signal, we stop waiting: the
   // user's Ctrl-C always ends symbio-mpirun.
@@ -136,20 +141,48 @@ export async function launchInVms(o: VmLaunchOptions): Promise<{ exitCode: numbe
       throw new VmLaunchError(`${(err as Error).message} (is the cluster up, and was its image built with the agent?)`);
     }
     controller.registerJob({ id: jobId, command, np, launcherPid: process.pid });
+    // the cluster's slots are the hosts policies see; those the job does not use are its spares
+    controller.addHosts(backend.places().map((p) => ({ name: p.name, spare: !p.used })));
     controller.attachVmJob(jobId, { backend, links, checkpointDir: o.checkpointDir ?? join(stateDir, 'checkpoints', jobId), keep: o.checkpointKeep ?? 3 });
     plugins = (await o.startPlugins?.(controller)) ?? null;
+    supervisor = new VmJobSupervisor({
+      job: jobId,
+      controller,
+      plugins,
+      links,
+      probe: { vms: () => backend.watch(), alive: pidAlive, qmpStatus: (vm, ms) => backend.qmpStatus(vm, ms) },
+      log: jlog,
+      ...(o.agentLostMs ? { agentLostMs: o.agentLostMs } : {}),
+    });
+    for (const [vm, l] of links) {
+      l.on('rank-exit', (r) => {
+        if (r.finalized) return;
+        const host = backend.list().find((v) => v.id === vm)?.host;
+        void supervisor!.report({ kind: 'rank-dead', job: jobId, vm, ...(host ? { host } : {}), message: `rank ${r.worldRank} (pid ${r.pid}) in ${vm} exited without finalizing`, at: Date.now() });
+      });
+    }
     wroteDescription = true;
     publishDescription(description, { jobId, pid: process.pid, socket, segment: guestSegmentName(jobId), startedAt: new Date().toISOString(), command });
 
     head = links.get(vms[0]!)!;
-    const exited = new Promise<GuestExit>((resolve) => {
-      giveUp = resolve;
-      head!.once('exit', resolve);
-      // an exit event lost with a connection: the agent says so again when the link reconnects
-      head!.on('connected', (r) => {
-        if (r.run?.exit) resolve({ code: r.run.exit.code, signal: r.run.exit.signal, stdout: r.run.stdout, stderr: r.run.stderr });
-      });
+    // Exits of mpirun, tagged with the supervisor's generation when seen: a
+    // restart from a checkpoint supersedes exits of the job's previous life.
+    const exits: { exit: GuestExit; generation: number; final?: boolean }[] = [];
+    let wakeExit: (() => void) | null = null;
+    const pushExit = (exit: GuestExit, final = false): void => {
+      exits.push({ exit, generation: supervisor!.generation, final });
+      wakeExit?.();
+    };
+    giveUp = (e) => pushExit(e, true);
+    head.on('exit', (e) => pushExit(e));
+    // an exit event lost with a connection: the agent says so again when the link reconnects
+    head.on('connected', (r) => {
+      if (r.run?.exit) pushExit({ code: r.run.exit.code, signal: r.run.exit.signal, stdout: r.run.stdout, stderr: r.run.stderr });
     });
+    const nextExit = async (): Promise<{ exit: GuestExit; generation: number; final?: boolean }> => {
+      while (exits.length === 0) await new Promise<void>((r) => (wakeExit = r));
+      return exits.shift()!;
+    };
     head.on('output', (chunk: GuestOutput) => {
       // a restarted VM says again what it said after its checkpoint: print each byte once
       const skip = printed[chunk.stream] - chunk.offset;
@@ -164,13 +197,29 @@ export async function launchInVms(o: VmLaunchOptions): Promise<{ exitCode: numbe
     process.on('SIGTERM', onSignal);
     await head.request('run', { argv, env: { OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1' } });
     o.onStarted?.({ jobId, socket, controller, links, backend });
-    const exit = await exited;
-    const exitCode = exit.code;
+    supervisor.start();
+    let exitCode: number;
+    for (;;) {
+      const next = await Promise.race([nextExit(), supervisor.lost]);
+      if ('kind' in next) {
+        // the job cannot go on (its VMs are gone and nothing brought them back): say why, do not hang
+        out.stderr.write(`symbio-mpirun: job ${jobId} lost: ${next.reason}\n`);
+        exitCode = 1;
+        break;
+      }
+      const verdict = next.final ? 'final' : await supervisor.settleExit(next.exit.code, next.generation);
+      llog.info({ code: next.exit.code, verdict }, 'mpirun exited');
+      if (verdict === 'superseded') continue;
+      exitCode = next.exit.code;
+      break;
+    }
+    supervisor.stop();
     controller.jobFinished(jobId, exitCode);
     llog.info({ exitCode }, 'job finished');
     await Promise.all([...links.values()].map((l) => l.request('close', { job: jobId }, 3_000).catch(() => undefined)));
     return { exitCode, jobId };
   } finally {
+    supervisor?.stop();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     if (wroteDescription) rmSync(description, { force: true });

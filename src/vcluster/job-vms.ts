@@ -13,6 +13,8 @@ import { checkpointVm, restoreVm, type VmCheckpointManifest } from '../hyperviso
 import { liveMigrate, startDestination } from '../hypervisor/qemu/live-migrate.js';
 import type { MigrationOptionsInput, MigrationProgress, MigrationResult } from '../hypervisor/qemu/migration.js';
 import { QemuVm } from '../hypervisor/qemu/qemu-vm.js';
+import { QmpClient } from '../hypervisor/qmp/client.js';
+import type { WatchedVm } from '../controller/failure-detector.js';
 import { parseVmSpec } from '../hypervisor/qemu/vm-spec.js';
 import { freePort, pidAlive } from '../util/process.js';
 import { slotPaths, vmIdentity } from './layout.js';
@@ -56,10 +58,36 @@ export class VclusterJobVms implements JobVmBackend {
     });
   }
 
+  /** Where each VM runs and under which QEMU pid (what failure detection watches). */
+  watch(): WatchedVm[] {
+    const st = this.state();
+    return this.#vms(st).map((v) => ({ id: v.name, host: `slot${v.slot}`, pid: v.pid }));
+  }
+
+  /** QEMU's run state, straight from its QMP monitor; rejects when that does not answer within `timeoutMs`. */
+  async qmpStatus(vm: string, timeoutMs: number): Promise<string> {
+    const st = this.state();
+    const v = findVm(st, vm);
+    const qmp = await QmpClient.connect(slotPaths(st.dir, v.slot).qmp, { log: this.#log, connectTimeoutMs: timeoutMs, commandTimeoutMs: timeoutMs });
+    try {
+      const r = await qmp.execute<{ status: string }>('query-status');
+      return r.status;
+    } finally {
+      await qmp.close().catch(() => undefined);
+    }
+  }
+
   /** The VM's agent socket now (it changes when the VM moves). */
   agentSocket(vm: string): string {
     const st = this.state();
     return slotPaths(st.dir, findVm(st, vm).slot).agent;
+  }
+
+  /** Every place of the cluster, and whether this job's VMs use it now. */
+  places(): { name: string; used: boolean }[] {
+    const st = this.state();
+    const used = new Set(this.#vms(st).map((v) => v.slot));
+    return Array.from({ length: st.slots }, (_, i) => ({ name: `slot${i}`, used: used.has(i) }));
   }
 
   freePlaces(): string[] {

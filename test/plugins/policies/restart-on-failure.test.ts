@@ -11,7 +11,7 @@ import { failureAffectsJob } from '../../../plugins/policies/common.js';
 import { captureLogger, host, job, RecordingActions, record, view } from './fixtures.js';
 
 const NOW = 10_000_000;
-const opts: RestartOptions = { maxRestarts: 3, windowMs: 3_600_000, dedupeWindowMs: 60_000 };
+const opts: RestartOptions = { maxRestarts: 3, windowMs: 3_600_000, dedupeWindowMs: 60_000, restartJobFailures: true };
 const noHistory = new Map<string, RestartHistory>();
 
 const checkpointed = (id: string, hosts: string[], over: Partial<JobView> = {}) =>
@@ -37,6 +37,16 @@ t.test('which failures touch which job', async (t) => {
   t.notOk(failureAffectsJob(fail('qemu-gone', { vm: 'b-vm1', host: 'n1' }), a), 'another VM on the same host');
   t.ok(failureAffectsJob(fail('agent-lost', { host: 'n1' }), a), 'agent lost on a host of the job');
   t.notOk(failureAffectsJob(fail('agent-lost', {}), a), 'names nothing: touches nothing');
+});
+
+t.test('a job that failed by itself on healthy hosts is not restarted unless asked', async (t) => {
+  const v = view([checkpointed('a', ['n1', 'n2'])], hosts(), NOW);
+  for (const kind of ['rank-dead', 'job-aborted'] as const) {
+    const d = decideRestart(fail(kind, { job: 'a' }), v, noHistory, { ...opts, restartJobFailures: false });
+    t.match(d, { action: 'none', reason: /failed by itself on healthy hosts/ }, kind);
+  }
+  t.match(decideRestart(fail('qemu-gone', { job: 'a', vm: 'a-vm1' }), v, noHistory, { ...opts, restartJobFailures: false }), { action: 'restart' }, 'a VM failure is restarted');
+  t.match(decideRestart(fail('job-aborted', { job: 'a' }), v, noHistory, opts), { action: 'restart' }, 'restartJobFailures: true restarts it');
 });
 
 t.test('restart from the last checkpoint, same hosts when they are fine', async (t) => {
@@ -142,11 +152,11 @@ t.test('end to end through PluginDriver', async (t) => {
   await driver.hookParallel('operationFinished', record({ id: 'r1', job: 'a', kind: 'restart', startedAt: at + 1000, durationMs: 5000 }), actions.view());
   jobs = [checkpointed('a', ['s1', 'n2'])];
   now += 30_000;
-  t.match(await decide(fail('rank-dead', { job: 'a', at: now - 100 })), { result: { action: 'restart', hosts: ['s1', 'n2'] } });
+  t.match(await decide(fail('qemu-gone', { job: 'a', vm: 'a-vm1', at: now - 100 })), { result: { action: 'restart', hosts: ['s1', 'n2'] } });
 
   // a third fault: over the bound of 2
   now += 600_000;
-  t.match(await decide(fail('rank-dead', { job: 'a', at: now - 100 })), { result: { action: 'none', reason: /restarted 2 times .* \(limit 2\)/ } });
+  t.match(await decide(fail('qmp-dead', { job: 'a', vm: 'a-vm1', at: now - 100 })), { result: { action: 'none', reason: /restarted 2 times .* \(limit 2\)/ } });
   t.equal(actions.requests.length, 0, 'decisions are returned, not requested');
   await driver.teardown();
 });
