@@ -263,6 +263,7 @@ function program(): Command {
     .option('--vm <id...>', 'VMs to move (default: the policy picks)')
     .option('--to <host...>', 'destination hosts (default: spares)')
     .addOption(new Option('--mode <mode>', 'migration mode').choices(['precopy', 'postcopy', 'hybrid'] as const))
+    .option('--bandwidth <MiBps>', 'migration bandwidth limit')
     .option('--timeout <ms>', 'quiesce limit')
     .option('--reason <text>', 'recorded in the journal')
     .action((o) =>
@@ -270,6 +271,7 @@ function program(): Command {
         ...(o.vm ? { vms: o.vm } : {}),
         ...(o.to ? { to: o.to } : {}),
         ...(o.mode ? { mode: o.mode } : {}),
+        ...(o.bandwidth ? { migration: { bandwidthBps: positiveInt('--bandwidth', o.bandwidth) * 2 ** 20 } } : {}),
       }),
     );
 
