@@ -34,11 +34,14 @@ TS_DIRS=(src bench plugins)
 # debootstrap .. xz-utils: the guest image (src/image/): debootstrap and its
 # archive keyring for the rootfs, mkfs.ext4 -d for root.img, ssh-keygen/ssh for
 # the image's keys, flock for the cache lock, xz for the kernel's payload.
+# chromium: the report test renders `symbio report`'s page in a real browser
+# (headless) and checks its screenshot.
 APT_PACKAGES=(openmpi-bin libopenmpi-dev cmake g++ make pkg-config qemu-system-x86
-              debootstrap debian-archive-keyring e2fsprogs openssh-client util-linux xz-utils)
+              debootstrap debian-archive-keyring e2fsprogs openssh-client util-linux xz-utils
+              chromium)
 # Commands those packages provide: the check used where dpkg is not available.
 NEEDED_COMMANDS=(mpirun mpicc cmake g++ make pkg-config qemu-system-x86_64
-                 debootstrap mkfs.ext4 ssh-keygen ssh flock xz)
+                 debootstrap mkfs.ext4 ssh-keygen ssh flock xz chromium)
 
 say() { printf 'symbio: %s\n' "$*" >&2; }
 note() { [[ -z "${SYMBIO_ENSURE_VERBOSE:-}" ]] || say "$@"; }

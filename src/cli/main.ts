@@ -12,6 +12,7 @@ import { parseMpirunArgs, UsageError } from '../launcher/mpirun-args.js';
 import { ask, CliError, events, EXIT, formatEvent, formatPhases, operate, resolveTarget, table, type Target } from './actions.js';
 import { checkConfig, formatEffectiveConfig } from './config-actions.js';
 import { progressDisplay, type Progress } from './progress.js';
+import { ReportError, writeJobReport } from '../report/write-report.js';
 import { clusterStatus, copyIntoCluster, downCluster, execInCluster, healthInCluster, imageBuild, killInCluster, migrateInCluster, upCluster } from './vcluster-actions.js';
 import { listJobs } from '../agent/runtime-dir.js';
 import { ConfigError, loadConfig, readTokenFile } from '../config/load.js';
@@ -79,7 +80,7 @@ async function run(argv: readonly string[]): Promise<number> {
       whenBusy: cfg.controller.whenBusy,
       queueLimit: cfg.controller.queueLimit,
       hosts: cfg.hosts,
-      ...(cfg.checkpoint.dir ? { checkpointDir: cfg.checkpoint.dir } : {}),
+      ...(cfg.checkpoint.dir ? { checkpointRoot: cfg.checkpoint.dir } : {}),
       checkpointKeep: cfg.checkpoint.keep,
       ...(process.env.SYMBIO_CONTROLLER ? { controller: process.env.SYMBIO_CONTROLLER } : {}),
       ...(cfg.controller.tokenFile ? { controllerToken: readTokenFile(cfg.controller.tokenFile) } : {}),
@@ -236,6 +237,28 @@ function program(): Command {
         ...(limit === undefined ? {} : { limit }),
       });
       print(o.json, list, () => (list.length ? list.map(formatEvent).join('\n') : 'no events'));
+    });
+
+  p.command('report')
+    .description("a job's report: one self-contained HTML page with its timeline, migrations, checkpoints, failures and decisions")
+    .argument('<job>', 'job id (its journal is read; the job may have ended)')
+    .option('--out <file>', 'where to write it (default: report.html beside the journal)')
+    .option('--state-dir <dir>', 'where journals are')
+    .option('--config <file>', 'symbio.yaml (for controller.stateDir)')
+    .option('--json', 'print the path and the summary as JSON')
+    .action((job: string, o) => {
+      const stateDir = o.stateDir ?? config(o.config).config.controller.stateDir ?? defaultStateDir();
+      let r;
+      try {
+        r = writeJobReport({ stateDir, job, ...(o.out ? { out: o.out } : {}) });
+      } catch (err) {
+        if (err instanceof ReportError) throw new CliError(err.message, EXIT.usage);
+        throw err;
+      }
+      const s = r.summary;
+      print(o.json, r, () =>
+        `${r.path}\njob ${job}: ${s.exitCode === null ? 'no end journaled' : `exit code ${s.exitCode}`}; ${s.checkpoints} checkpoints, ${s.migrations} migrations, ${s.restarts} restarts, ${s.failures} failures, ${s.healthEvents} health events; paused ${(s.pausedMs / 1000).toFixed(1)} s in all`,
+      );
     });
 
   jobOptions(p.command('quiesce').description('hold (and freeze) every rank of a running job'))

@@ -36,6 +36,24 @@ export const ClientRequest = z.discriminatedUnion('op', [
     params: z.record(z.string().max(64), z.unknown()).optional(),
   }).strict(),
   z.object({ op: z.literal('plugins'), id }).strict(),
+  /**
+   * Run a job in the VMs of a virtual cluster under this controller. Its
+   * output comes back as progress lines `{id, progress: {stream, data}}`
+   * (data base64), then one reply `{exitCode, lost}` when it has ended.
+   */
+  z.object({
+    op: z.literal('vm-job'),
+    id,
+    job: jobId,
+    cluster: z.string().min(1).max(64),
+    vms: z.array(z.string().min(1).max(64)).min(1).max(1000).optional(),
+    args: z.array(z.string().max(4096)).max(10_000),
+    np: z.number().int().positive().nullable(),
+    resumeTimeoutMs: z.number().int().positive().max(3_600_000).optional(),
+    launcherPid: z.number().int().optional(),
+  }).strict(),
+  /** Pass a signal to mpirun of a VM job started with vm-job. */
+  z.object({ op: z.literal('vm-job-signal'), id, job: jobId, signal: z.enum(['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']) }).strict(),
   z.object({
     op: z.literal('agent'),
     id,

@@ -28,7 +28,16 @@ export interface ControllerServerOptions {
   readonly agentCallTimeoutMs?: number;
   /** What `symbio plugins list` shows. */
   readonly plugins?: () => unknown;
+  /** Runs VM jobs asked for with `vm-job` (a standalone controller); without it they are refused. */
+  readonly vmJobs?: VmJobHost;
   readonly log: Logger;
+}
+
+/** What serves `vm-job` and `vm-job-signal` (standalone.ts). */
+export interface VmJobHost {
+  /** Run the job to its end, passing its output on; resolves with how it ended. */
+  run(req: Extract<ClientRequest, { op: 'vm-job' }>, output: (o: { stream: 'stdout' | 'stderr'; data: Buffer }) => void): Promise<{ exitCode: number; lost: string | null }>;
+  signal(job: string, signal: NodeJS.Signals): Promise<void>;
 }
 
 interface Conn {
@@ -233,6 +242,16 @@ export class ControllerServer {
         }
         case 'agent':
           return this.#becomeAgent(conn, r, reply, id);
+        case 'vm-job': {
+          if (!this.options.vmJobs) throw new OperationRefusedError('this controller does not run VM jobs (symbio-mpirun --vcluster runs its own controller, or start `symbio controller`)');
+          // the job goes on if the launcher goes away: its output is then only in the guest's buffer
+          const end = await this.options.vmJobs.run(r, (o) => this.#write(conn, { ...id, progress: { stream: o.stream, data: o.data.toString('base64') } }));
+          return reply({ ...id, ok: true, result: end });
+        }
+        case 'vm-job-signal':
+          if (!this.options.vmJobs) throw new OperationRefusedError('this controller runs no VM jobs');
+          await this.options.vmJobs.signal(r.job, r.signal as NodeJS.Signals);
+          return reply({ ...id, ok: true, result: { signalled: r.job } });
       }
     } catch (err) {
       const code = err instanceof OperationRefusedError ? 'refused' : err instanceof UnknownJobError ? 'bad-request' : 'failed';

@@ -5,7 +5,8 @@
  * resumes every held job and leaves nothing behind.
  */
 import { join } from 'node:path';
-import { Controller } from './controller.js';
+import { Controller, UnknownJobError } from './controller.js';
+import { VmJob } from './vm-job.js';
 import { ControllerServer } from './server.js';
 import { defaultStateDir } from './journal.js';
 import { ensureRuntimeDir } from '../agent/runtime-dir.js';
@@ -41,7 +42,43 @@ export async function startStandaloneController(config: SymbioConfig, source: st
   const socket = controllerSocketPath(config);
   const token = config.controller.tokenFile ? readTokenFile(config.controller.tokenFile) : undefined;
   let plugins: PluginHost | null = null;
+  const vmJobs = new Map<string, VmJob>();
   const server = new ControllerServer(controller, {
+    vmJobs: {
+      // a job in VMs run by this controller: its policies act on it, and operators reach it here
+      run: async (req, output) => {
+        const jlog = log.child({ job: req.job });
+        const { job } = await VmJob.open(
+          {
+            jobId: req.job,
+            cluster: req.cluster,
+            vms: req.vms ?? null,
+            args: req.args,
+            np: req.np,
+            resumeTimeoutMs: req.resumeTimeoutMs ?? config.quiesce.resumeTimeoutMs,
+            stallMs: config.quiesce.stallMs,
+            ...(config.checkpoint.dir ? { checkpointDir: join(config.checkpoint.dir, req.job) } : {}),
+            checkpointKeep: config.checkpoint.keep,
+            ...(req.launcherPid === undefined ? {} : { launcherPid: req.launcherPid }),
+          },
+          { controller, log: jlog, startPlugins: async () => plugins },
+        );
+        vmJobs.set(req.job, job);
+        try {
+          job.on('output', output);
+          await job.start();
+          return await job.wait();
+        } finally {
+          vmJobs.delete(req.job);
+          job.close();
+        }
+      },
+      signal: async (id, sig) => {
+        const job = vmJobs.get(id);
+        if (!job) throw new UnknownJobError(`no VM job '${id}' runs under this controller`);
+        await job.signal(sig);
+      },
+    },
     unixPath: socket,
     ...(config.controller.tcp ? { tcp: config.controller.tcp } : {}),
     ...(token === undefined ? {} : { token }),

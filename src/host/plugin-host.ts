@@ -108,12 +108,13 @@ export class PluginHost {
     return events;
   }
 
-  /** Jobs a host's trouble concerns: those with a VM there; a job without VMs runs on this host. */
+  /** Jobs a host's trouble concerns: those with a VM there or migrating there; a job without VMs runs on this host. */
   #jobsOn(host: string | undefined): string[] {
     return this.#controller
       .view()
       .jobs.filter((j) => j.state !== 'finished' && j.state !== 'failed')
-      .filter((j) => host === undefined || j.vms.length === 0 || j.vms.some((v) => v.host === host))
+      // a host matters to a job that runs there, or whose VMs are on their way there
+      .filter((j) => host === undefined || j.vms.length === 0 || j.vms.some((v) => v.host === host) || Object.values(j.operation?.targets ?? {}).includes(host))
       .map((j) => j.id);
   }
 

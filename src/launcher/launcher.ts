@@ -19,7 +19,7 @@ import type { PluginHost } from '../host/plugin-host.js';
 import { ChaosQuiescer, type ChaosReport } from './chaos.js';
 import { findExecutable, parseMpirunArgs, UsageError, withShim } from './mpirun-args.js';
 import { nativeArtifact } from '../util/package-root.js';
-import { launchInVms, VmLaunchError, type VmLaunchOptions } from './vm-launcher.js';
+import { launchInVms, launchInVmsVia, VmLaunchError, type VmLaunchOptions } from './vm-launcher.js';
 import type { Logger } from '../log.js';
 
 export interface LaunchOptions {
@@ -40,7 +40,10 @@ export interface LaunchOptions {
   /** Starts the configured plugins against the embedded controller (run's wiring; none in tests). */
   readonly startPlugins?: (controller: Controller) => Promise<PluginHost | null>;
   /** Checkpoints of VM jobs: where (default <stateDir>/checkpoints/<job>) and how many to keep. */
+  /** This job's checkpoint directory (default: <checkpointRoot or stateDir/checkpoints>/<job>). */
   readonly checkpointDir?: string;
+  /** Where jobs' checkpoint directories go (the configuration's checkpoint.dir). */
+  readonly checkpointRoot?: string;
   readonly checkpointKeep?: number;
   /** Called once a VM job runs (tests). */
   readonly onVmStarted?: VmLaunchOptions['onStarted'];
@@ -96,7 +99,27 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   if (!parsed.program) throw new LaunchError('no program to run: symbio-mpirun [mpirun options] <program> [args]');
   if (parsed.symbio.vcluster) {
     // the program is a path in the guests: not looked for here
+    const via = parsed.symbio.controller ?? opts.controller;
     try {
+      if (via) {
+        let address;
+        try {
+          address = parseAddress(via);
+        } catch (err) {
+          throw new LaunchError((err as Error).message);
+        }
+        if (address.tcp && !opts.controllerToken) throw new LaunchError(`controller ${via} is on TCP: set controller.tokenFile in symbio.yaml`);
+        const r = await launchInVmsVia({
+          parsed,
+          cluster: parsed.symbio.vcluster,
+          address,
+          ...(opts.controllerToken === undefined ? {} : { token: opts.controllerToken }),
+          ...(parsed.symbio.resumeTimeoutMs ?? opts.resumeTimeoutMs ? { resumeTimeoutMs: parsed.symbio.resumeTimeoutMs ?? opts.resumeTimeoutMs } : {}),
+          log,
+          ...(opts.vmOutput ? { output: opts.vmOutput } : {}),
+        });
+        return { exitCode: r.exitCode, jobId: r.jobId, chaos: null };
+      }
       const r = await launchInVms({
         parsed,
         cluster: parsed.symbio.vcluster,
@@ -108,6 +131,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
         ...(opts.whenBusy ? { whenBusy: opts.whenBusy } : {}),
         ...(opts.queueLimit ? { queueLimit: opts.queueLimit } : {}),
         ...(opts.checkpointDir ? { checkpointDir: opts.checkpointDir } : {}),
+        ...(opts.checkpointRoot ? { checkpointRoot: opts.checkpointRoot } : {}),
         ...(opts.checkpointKeep ? { checkpointKeep: opts.checkpointKeep } : {}),
         ...(opts.startPlugins ? { startPlugins: opts.startPlugins } : {}),
         ...(opts.onVmStarted ? { onStarted: opts.onVmStarted } : {}),

@@ -16,10 +16,13 @@
  *         frozen: they resume by themselves within the limit (a new link to
  *         the agent sees them running, autoresumed), the job runs to its
  *         end, the VMs run on
+ *  job D: the job run by a standalone `symbio controller` (symbio-mpirun
+ *         --symbio-controller --vcluster), its output streamed back, a VM
+ *         migrated with `symbio migrate --controller`
  */
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeSync, closeSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -274,4 +277,43 @@ t.test('job C: the controller killed while the ranks are frozen', async (t) => {
   t.ok(st.vms.every((v) => v.alive && v.state === 'running'), 'the VMs kept running');
   const console0 = readFileSync(join(requireState(NAME).dir, `${slotOf('vm0')}.console`), 'utf8');
   t.match(console0, /controller disconnected/, "vm0's agent saw the controller go");
+});
+
+t.test('job D: a VM job under a standalone controller, migrated through it', async (t) => {
+  const STEPS = '1500';
+  const expected = expectedFor(STEPS);
+  const dir = join(runtime, 'standalone');
+  mkdirSync(dir, { recursive: true });
+  const socket = join(dir, 'controller.sock');
+  const config = join(dir, 'symbio.yaml');
+  writeFileSync(config, `controller:\n  socket: ${socket}\n  stateDir: ${join(dir, 'state')}\n`);
+  const env = { ...process.env, SYMBIO_LOG_LEVEL: 'warn' };
+  const ctl = spawn(process.execPath, [symbioCli, 'controller', '--config', config], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  let ctlErr = '';
+  ctl.stderr.setEncoding('utf8').on('data', (d: string) => (ctlErr += d));
+  const ctlGone = new Promise((r) => ctl.once('exit', r));
+  t.teardown(() => void ctl.kill('SIGKILL'));
+  for (let i = 0; i < 300 && !existsSync(socket); i++) await sleep(100);
+  t.ok(existsSync(socket), 'the controller listens');
+
+  const child = spawn(process.execPath, [symbioMpirun, '--symbio-controller', socket, '--vcluster', NAME, '--job-id', 'coop-d', '-np', '4', '/opt/symbio/build/mpi/halo2d', STEPS], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  t.teardown(() => void child.kill('SIGKILL'));
+  for (let i = 0; i < 600 && !out.includes('step'); i++) await sleep(200);
+  t.match(out, /step/, `the job runs, its output streamed back to the launcher: ${err.slice(-500)}`);
+
+  const before = slotOf('vm1');
+  // not spawnSync: this process must go on reading the controller's and the launcher's pipes meanwhile
+  const mig = await run(process.execPath, [symbioCli, 'migrate', '--controller', socket, '--job', 'coop-d', '--vm', 'vm1', '--json'], { SYMBIO_LOG_LEVEL: 'warn' });
+  t.equal(mig.code, 0, `migrated through the standalone controller: ${mig.stderr.slice(-500)}\ncontroller: ${ctlErr.slice(-2000)}`);
+  t.not(slotOf('vm1'), before, `vm1 moved (${before} -> ${slotOf('vm1')})`);
+  t.equal(await exited, 0, `the job's exit code came back: ${err.slice(-500)}`);
+  t.equal(out, await expected, 'output identical to an uninterrupted run');
+  ctl.kill('SIGTERM');
+  await ctlGone;
+  t.notMatch(ctlErr, /"level":50/, 'the controller logged no error');
 });

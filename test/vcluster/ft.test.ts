@@ -16,10 +16,10 @@
  *     fails cleanly, the failure is detected, and the job restarts from the
  *     previous checkpoint onto a spare (the dead slot is marked down);
  * and finishes with the right answer and exit code 0. The report of its
- * journal is written at the end.
+ * journal is written at the end and shows all of it.
  */
 import t from 'tap';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -27,6 +27,7 @@ import { buildImage } from '../../src/image/build-image.js';
 import { logger } from '../../src/log.js';
 import { readEvents, type JournalEvent } from '../../src/controller/journal.js';
 import { readState } from '../../src/vcluster/state.js';
+import { writeJobReport } from '../../src/report/write-report.js';
 import { vclusterDown, vclusterUp } from '../../src/vcluster/vcluster.js';
 import { mpiCommon, prog, run, start, symbioCli, symbioMpirun } from '../helpers/mpi.js';
 
@@ -156,4 +157,14 @@ t.test('a job survives a failing host (migrated away), a bad destination (retarg
   t.equal(r.code, 0, `the job's own exit code: ${r.stderr.slice(-800)}`);
   t.equal(r.stdout, want.stdout, 'output identical to an uninterrupted run');
   t.match(r.stdout, /checksum=[0-9a-f]{16}/);
+
+  // the report of this job's life (its rendering in a browser is tested in test/report)
+  const rep = writeJobReport({ stateDir, job });
+  const html = readFileSync(rep.path, 'utf8');
+  for (const kind of ['checkpoint', 'migrate', 'restart']) t.match(html, new RegExp(`class="op-bar" data-kind="${kind}"`), `the report shows the ${kind}`);
+  t.match(html, /class="migration-chart"/, 'and migration progress');
+  t.match(html, /class="failure-marker" data-kind="qemu-gone"/, 'and the failure');
+  t.match(html, /class="health-marker" data-severity="critical"/, 'and the health events');
+  t.match(rep.summary, { migrations: 2, restarts: 1, exitCode: 0 });
+  t.ok(rep.summary.checkpoints >= 2 && rep.summary.downtimeMs > rep.summary.pausedMs, `summary: ${JSON.stringify(rep.summary)}`);
 });
