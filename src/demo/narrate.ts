@@ -4,23 +4,16 @@
  * migrations, failures, restarts), read from the job's journal as it grows.
  */
 import { readEvents, type JournalEvent } from '../controller/journal.js';
+import { pausedMsOf } from '../report/job-story.js';
 
 const s = (ms: unknown): string => `${(Number(ms) / 1000).toFixed(1)} s`;
-
-/** The frozen (application-visible) part of an operation: from quiescing to the end of resuming. */
-export function pausedMs(phases: readonly { name: string; ms: number }[]): number {
-  const first = phases.findIndex((p) => p.name === 'quiescing');
-  const last = phases.findIndex((p) => p.name === 'resuming');
-  if (first < 0 || last < first) return 0;
-  return phases.slice(first, last + 1).reduce((a, p) => a + p.ms, 0);
-}
 
 /** One line for an event, or null for events a person need not see. */
 export function describeEvent(e: JournalEvent): string | null {
   switch (e.type) {
     case 'operation': {
       const phases = (e.phases as { name: string; ms: number }[] | undefined) ?? [];
-      const paused = pausedMs(phases);
+      const paused = pausedMsOf(phases);
       const what = `${String(e.kind)} ${e.ok ? 'done' : 'FAILED'} in ${s(e.durationMs)}`;
       if (!e.ok) return `${what}: ${String(e.error)} (rolled back; the job runs on)`;
       return paused > 0 ? `${what} (the job was paused ${s(paused)})` : what;
