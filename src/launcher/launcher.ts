@@ -13,7 +13,7 @@ import { ControllerSession } from '../agent/controller-session.js';
 import { descriptionPath, ensureRuntimeDir, publishDescription, socketPath } from '../agent/runtime-dir.js';
 import { Controller } from '../controller/controller.js';
 import { ControllerServer } from '../controller/server.js';
-import { describeAddress, parseAddress } from '../controller/client.js';
+import { describeAddress, parseAddress, type ControllerAddress } from '../controller/client.js';
 import { defaultStateDir } from '../controller/journal.js';
 import type { PluginHost } from '../host/plugin-host.js';
 import { ChaosQuiescer, type ChaosReport } from './chaos.js';
@@ -87,6 +87,18 @@ export function resolveShim(): string {
   return shim;
 }
 
+/** The standalone controller's address from the command line or the configuration; TCP needs the token. */
+function standaloneAddress(text: string, token: string | undefined): ControllerAddress {
+  let address: ControllerAddress;
+  try {
+    address = parseAddress(text);
+  } catch (err) {
+    throw new LaunchError((err as Error).message);
+  }
+  if (address.tcp && !token) throw new LaunchError(`controller ${text} is on TCP: set controller.tokenFile in symbio.yaml`);
+  return address;
+}
+
 export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   const { log } = opts;
   let parsed;
@@ -102,13 +114,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     const via = parsed.symbio.controller ?? opts.controller;
     try {
       if (via) {
-        let address;
-        try {
-          address = parseAddress(via);
-        } catch (err) {
-          throw new LaunchError((err as Error).message);
-        }
-        if (address.tcp && !opts.controllerToken) throw new LaunchError(`controller ${via} is on TCP: set controller.tokenFile in symbio.yaml`);
+        const address = standaloneAddress(via, opts.controllerToken);
         const r = await launchInVmsVia({
           parsed,
           cluster: parsed.symbio.vcluster,
@@ -195,13 +201,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   };
   try {
     if (controllerAddress) {
-      let address;
-      try {
-        address = parseAddress(controllerAddress);
-      } catch (err) {
-        throw new LaunchError((err as Error).message);
-      }
-      if (address.tcp && !opts.controllerToken) throw new LaunchError(`controller ${controllerAddress} is on TCP: set controller.tokenFile in symbio.yaml`);
+      const address = standaloneAddress(controllerAddress, opts.controllerToken);
       socket = describeAddress(address);
       session = new ControllerSession(agent, {
         address,
