@@ -37,6 +37,7 @@
  * so there only the host clock counts.
  */
 import { forEachOption, progress } from './options.js';
+import { median, round } from '../src/util/stats.js';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -119,14 +120,6 @@ export function parseCoopArgs(args: readonly string[]): CoopBenchPlan {
 
 const say = progress('coop');
 
-const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
-
-function median(xs: readonly number[]): number | null {
-  if (xs.length === 0) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 /** The median of each numeric field over the runs that have it. */
 function medians<T extends Record<string, unknown>>(runs: readonly T[], keys: readonly string[]): Record<string, number | null> {

@@ -8,12 +8,14 @@ import { benchShim } from './shim.js';
 import { benchHost } from './host.js';
 import { benchMigration } from './migration.js';
 import { benchCoop } from './coop.js';
+import { benchFt } from './ft.js';
 
 const benches: Record<string, (options: string[]) => Promise<unknown>> = {
   shim: () => benchShim(),
   host: () => benchHost(),
   migration: (options) => benchMigration(options),
   coop: (options) => benchCoop(options),
+  ft: (options) => benchFt(options),
 };
 
 const argv = process.argv.slice(2);

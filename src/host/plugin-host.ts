@@ -54,6 +54,8 @@ export class PluginHost {
   readonly #sampling = new Set<string>();
   #specs = new Map<string, string>();
   #closed = false;
+  /** Host -> the conditions (monitor, component) that made it degraded. */
+  readonly #degradedBy = new Map<string, Set<string>>();
   readonly #onOperation = (rec: OperationSummary): void => void this.#operationFinished(rec);
 
   constructor(options: PluginHostOptions) {
@@ -128,11 +130,8 @@ export class PluginHost {
     const jobs = this.#jobsOn(event.host);
     for (const j of jobs) this.#controller.journal(j, 'health', { ...event });
     await this.driver.hookParallel('healthEvent', event);
+    this.#trackDegraded(event);
     if (event.severity === 'info') return null;
-    // a host a monitor says is about to fail takes no new VMs (policies see it in the view)
-    if (event.severity === 'critical' && this.#controller.hostState(event.host) === 'up') {
-      this.#controller.setHostState(event.host, 'degraded', `${event.monitor}: ${event.component}: ${event.message}`);
-    }
     let first: OperationRecord | null = null;
     for (let round = 0; round < 3 && !this.#closed; round++) {
       const d = await this.driver.hookFirst<Decision>('decideOnHealth', event, this.#controller.view());
@@ -155,6 +154,29 @@ export class PluginHost {
     const d = await this.driver.hookFirst<Decision>('decideOnFailure', failure, this.#controller.view());
     if (!d) return { decision: null, by: null, record: null };
     return { decision: d.result, by: d.plugin, ...(await this.#carryOut(d.result, d.plugin)) };
+  }
+
+  /**
+   * A host a monitor says is about to fail takes no new VMs (policies see it
+   * in the view): a critical event marks an `up` host degraded. It is `up`
+   * again once every condition that degraded it has been reported back to
+   * normal (an info event for the same monitor and component), unless
+   * something else (a drain, a failure) has changed its state meanwhile.
+   */
+  #trackDegraded(event: HealthEvent): void {
+    const key = `${event.monitor}\u0000${event.component}`;
+    const state = this.#controller.hostState(event.host);
+    if (event.severity === 'critical' && (state === 'up' || state === 'degraded')) {
+      const by = this.#degradedBy.get(event.host) ?? new Set<string>();
+      by.add(key);
+      this.#degradedBy.set(event.host, by);
+      if (state === 'up') this.#controller.setHostState(event.host, 'degraded', `${event.monitor}: ${event.component}: ${event.message}`);
+    } else if (event.severity === 'info') {
+      const by = this.#degradedBy.get(event.host);
+      if (!by?.delete(key) || by.size > 0) return;
+      this.#degradedBy.delete(event.host);
+      if (state === 'degraded') this.#controller.setHostState(event.host, 'up', `${event.monitor}: ${event.component}: ${event.message}`);
+    }
   }
 
   /** Carry out a policy's decision. Refusals are journaled and returned as null, not thrown. */

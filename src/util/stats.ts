@@ -24,3 +24,14 @@ export function distribution(values: readonly number[]): Distribution {
     mean: round(s.length ? s.reduce((a, b) => a + b, 0) / s.length : Number.NaN),
   };
 }
+
+/** The middle value (the mean of the two middle ones for an even count); null for none. */
+export function median(xs: readonly number[]): number | null {
+  if (xs.length === 0) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** `x` rounded to `digits` decimals, for JSON that people read. */
+export const round = (x: number, digits = 1): number => Math.round(x * 10 ** digits) / 10 ** digits;

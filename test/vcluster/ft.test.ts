@@ -28,6 +28,7 @@ import { logger } from '../../src/log.js';
 import { readEvents, type JournalEvent } from '../../src/controller/journal.js';
 import { readState } from '../../src/vcluster/state.js';
 import { writeJobReport } from '../../src/report/write-report.js';
+import { setHealth } from '../../src/vcluster/health.js';
 import { vclusterDown, vclusterUp } from '../../src/vcluster/vcluster.js';
 import { mpiCommon, prog, run, start, symbioCli, symbioMpirun } from '../helpers/mpi.js';
 
@@ -118,11 +119,12 @@ t.test('a job survives a failing host (migrated away), a bad destination (retarg
   const spares = Array.from({ length: free.slots }, (_, i) => `slot${i}`).filter((s) => !used.has(s) && s !== sick);
   const bad = spares[0]!;
   const t3 = Date.now();
-  const moving = cli('migrate', '--job', job, '--vm', 'vm1', '--to', bad, '--bandwidth', '8', '--json');
+  // capped so that the stream lasts several seconds (slower caps broke TCG guests now and then: QEMU 7.2's
+  // precopy dirty tracking, see docs/performance.md); the health condition is set from here, at once
+  const moving = cli('migrate', '--job', job, '--vm', 'vm1', '--to', bad, '--bandwidth', '24', '--json');
   await waitEvent(job, 'migrating phase', (e) => e.type === 'operation-phase' && e.phase === 'migrating', 60_000, t3);
-  await sleep(1500);
-  const hb = await cli('vcluster', 'health', '--name', NAME, '--slot', bad, '--severity', 'critical', '--lead-time', '60000', '--message', 'fan failure');
-  t.equal(hb.code, 0, hb.stderr);
+  await sleep(500);
+  setHealth(NAME, bad, { severity: 'critical', component: 'fan', message: 'fan failure', leadTimeMs: 60_000 });
   const moved = await moving;
   t.equal(moved.code, 0, `the migration ended well: ${moved.stderr.slice(-500)}`);
   const rec = JSON.parse(moved.stdout) as { ok: boolean; timeline: { name: string; detail?: { retargeted?: { from: string; to: string; bytesSentBefore: number }[] } }[]; result: { to: Record<string, string> } };
