@@ -36,7 +36,9 @@ TS_DIRS=(src bench plugins)
 # the image's keys, flock for the cache lock, xz for the kernel's payload.
 # chromium: the report test renders `symbio report`'s page in a real browser
 # (headless) and checks its screenshot.
-APT_PACKAGES=(openmpi-bin libopenmpi-dev cmake g++ make pkg-config qemu-system-x86
+# QEMU (qemu-system-x86) is not in this list: it comes from bookworm-backports,
+# see "a2" below.
+APT_PACKAGES=(openmpi-bin libopenmpi-dev cmake g++ make pkg-config
               debootstrap debian-archive-keyring e2fsprogs openssh-client util-linux xz-utils
               chromium)
 # Commands those packages provide: the check used where dpkg is not available.
@@ -84,6 +86,50 @@ else
   if ((${#missing[@]} > 0)); then
     die "missing commands: ${missing[*]} (install Open MPI with its development files, cmake, a C/C++ compiler, make and pkg-config)"
   fi
+fi
+
+# --- a2. QEMU 10 -------------------------------------------------------------------
+# Debian 12's own QEMU 7.2 corrupts running TCG guests in precopy migration now
+# and then (docs/performance.md: 2 of 60 migrations broke the guest; QEMU
+# 10.0.2 from Debian's official bookworm-backports: 0 of 150). symbio's tests,
+# demo and benchmarks run on QEMU 10 from backports, added the way Debian
+# documents it (https://backports.debian.org/Instructions/): a sources entry
+# for bookworm-backports, then `apt-get install -t bookworm-backports`. The
+# QMP driver still works with QEMU 7.2 (features are detected), so elsewhere
+# an older QEMU is a warning, not an error.
+QEMU_MIN_VERSION="1:10"
+BACKPORTS_LIST="/etc/apt/sources.list.d/symbio-bookworm-backports.list"
+qemu_version="$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)"
+qemu_status="$(dpkg-query -W -f='${db:Status-Abbrev}' qemu-system-x86 2>/dev/null || true)"
+[[ "$qemu_status" == ii* ]] || qemu_version=""
+codename="$( (. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}") || true)"
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  :  # checked by command above
+elif [[ -n "$qemu_version" ]] && dpkg --compare-versions "$qemu_version" ge "$QEMU_MIN_VERSION"; then
+  note "QEMU $qemu_version"
+elif [[ "$codename" == bookworm && "$(id -u)" == 0 ]]; then
+  say "installing QEMU 10 from bookworm-backports${qemu_version:+ (found $qemu_version)}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$BACKPORTS_LIST"
+  fi
+  apt_log="$(mktemp "${TMPDIR:-/tmp}/symbio-apt.XXXXXX")"
+  if ! { apt-get update -q && apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86; } \
+       >"$apt_log" 2>&1 </dev/null; then
+    tail -n 40 "$apt_log" >&2
+    rm -f "$apt_log"
+    die "apt-get install -t bookworm-backports qemu-system-x86 failed (its last lines are above)"
+  fi
+  rm -f "$apt_log"
+elif [[ "$codename" == bookworm ]]; then
+  say "QEMU 10 from bookworm-backports is needed${qemu_version:+ (found $qemu_version)}; as root run:"
+  say "  echo 'deb http://deb.debian.org/debian bookworm-backports main' > $BACKPORTS_LIST"
+  say "  apt-get update && apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-x86"
+  exit 1
+elif [[ -z "$qemu_version" ]]; then
+  die "QEMU is missing: install qemu-system-x86 (version 10 or newer is recommended)"
+else
+  say "warning: QEMU $qemu_version is older than 10: precopy migration of TCG guests may corrupt them (docs/performance.md)"
 fi
 
 # --- b. npm dependencies ----------------------------------------------------------
