@@ -19,6 +19,7 @@ import { buildImage } from '../../src/image/build-image.js';
 import { logger } from '../../src/log.js';
 import { QemuVm } from '../../src/hypervisor/qemu/qemu-vm.js';
 import { processesNaming, readState } from '../../src/vcluster/state.js';
+import { pidAlive } from '../../src/util/process.js';
 import {
   guestCopy,
   guestExec,
@@ -73,6 +74,15 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   throw new Error(`${what} did not end within ${ms / 1000} s; the guests:\n${diag.join('\n')}`);
 }
 
+/** Poll `cond` until it holds; fail with `what` after `ms`. */
+async function waitFor(cond: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  const t0 = Date.now();
+  while (!(await cond())) {
+    if (Date.now() - t0 > ms) throw new Error(`waited ${ms / 1000} s for ${what}`);
+    await sleep(250);
+  }
+}
+
 t.test('up: two VMs and a spare slot, reachable over ssh', async (t) => {
   t.equal(state0.vms.length, 2);
   t.equal(state0.slots, 3);
@@ -122,8 +132,7 @@ t.test('the interconnect NIC unplugged and plugged back, as the guest sees it', 
   const icMac = '52:54:00:20:00:02';
   const linkHasIp = async () => (await exec(1, ['ip', '-o', '-4', 'addr', 'show'])).stdout;
   t.match(await exec(1, ['sh', '-c', 'cat /sys/class/net/*/address']).then((r) => r.stdout), icMac);
-  const { ms } = await vm.detachDevice('ic', 20_000);
-  t.ok(ms > 0);
+  await vm.detachDevice('ic', 20_000);
   t.notMatch((await exec(1, ['sh', '-c', 'cat /sys/class/net/*/address'])).stdout, icMac, 'the guest no longer has the NIC');
   t.equal(await vm.hasDevice('ic'), false);
   await vm.attachNic('ic');
@@ -137,8 +146,8 @@ t.test('the interconnect NIC unplugged and plugged back, as the guest sees it', 
 
 t.test('raw live migration of vm1 in the middle of an MPI job: the job finishes with the exact result', async (t) => {
   const job = exec(0, mpirunInGuest);
-  // let the job get going across both VMs
-  await sleep(4000);
+  // the job's ranks run on vm1 before it moves
+  await waitFor(async () => (await exec(1, ['pgrep', '-c', '-x', 'halo2d'])).stdout.trim() === '2', 120_000, "the job's two ranks on vm1");
   const m = await vclusterMigrate(NAME, 'vm1', { log, migration: { mode: 'precopy' } });
   t.same([m.from, m.to], [1, 2]);
   t.equal(m.result.status, 'completed');
@@ -150,59 +159,43 @@ t.test('raw live migration of vm1 in the middle of an MPI job: the job finishes 
 });
 
 t.test('precopy, postcopy and hybrid moves of a guest dirtying memory: it keeps running and its memory is intact', async (t) => {
+  // The guest writes a pattern over 96 MiB at 24 MiB/s and checks every page
+  // at the end: a page lost or stale in any of the three moves shows as CORRUPT
+  // (or as a guest that stops reporting). QEMU 7.2 broke TCG guests in precopy
+  // now and then (docs/performance.md); QEMU 10 does not, so this is a plain check.
   await exec(0, ['sh', '-c', 'nohup /opt/symbio/build/mpi/dirty-mem --mib 96 --rate 24 --seconds 60 > /tmp/dirty.out 2>&1 &']);
-  await sleep(3000);
-  // Precopy goes last: QEMU 7.2's precopy of a running TCG guest sometimes
-  // leaves the guest kernel corrupt here (about 1 in 6 moves in the
-  // benchmark's stress runs; postcopy never). That is a known, documented
-  // defect, reported as a tap `todo` (visible in the output, not counted),
-  // never skipped silently.
-  const KNOWN_TCG_PRECOPY_DEFECT = { todo: 'QEMU 7.2 TCG precopy sometimes corrupts the running guest here (docs/performance.md)' };
-  let broken = false;
-  for (const mode of ['postcopy', 'hybrid', 'precopy'] as const) {
-    const extra = mode === 'precopy' ? KNOWN_TCG_PRECOPY_DEFECT : {};
-    const before = (await exec(0, ['cat', '/tmp/dirty.out'])).stdout.split('\n').length;
+  await waitFor(async () => (await exec(0, ['cat', '/tmp/dirty.out'])).stdout.includes('dirty-mem start'), 60_000, 'dirty-mem to fill its memory');
+  const lines = async () => (await exec(0, ['cat', '/tmp/dirty.out'])).stdout.split('\n').length;
+  for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
+    const before = await lines();
     // hybrid: a bandwidth below the dirty rate, so precopy cannot converge and it must switch
     const migration = mode === 'hybrid' ? { mode, hybridMaxPasses: 2, bandwidthBps: 12 * 2 ** 20 } : { mode };
-    const m = await vclusterMigrate(NAME, 'vm0', { log, migration }).catch((err: unknown) => {
-      // the corrupted guest may panic (and its QEMU exit) before the migration is seen complete
-      if (mode !== 'precopy') throw err;
-      t.fail(`precopy: ${(err as Error).message}`, KNOWN_TCG_PRECOPY_DEFECT);
-      return null;
-    });
-    if (m === null) return;
+    const m = await vclusterMigrate(NAME, 'vm0', { log, migration });
     t.equal(m.result.status, 'completed', `${mode}: completed`);
-    if (mode !== 'precopy') t.not(m.result.postcopyStartedAtMs, null, `${mode}: switched to postcopy`);
-    await sleep(1500);
-    const after = (await exec(0, ['cat', '/tmp/dirty.out'])).stdout.split('\n').length;
-    broken = !(after > before);
-    t.ok(after > before, `${mode}: the program is still reporting (${before} -> ${after} lines)`, extra);
+    if (mode === 'precopy') t.equal(m.result.postcopyStartedAtMs, null, 'precopy: never switched to postcopy');
+    else t.not(m.result.postcopyStartedAtMs, null, `${mode}: switched to postcopy`);
+    await waitFor(async () => (await lines()) > before, 30_000, `${mode}: the program to report again after the move`);
+    t.pass(`${mode}: the program is still reporting after the move`);
   }
   let out = '';
-  for (let i = 0; i < 120 && !broken && !/dirty-mem (ok|CORRUPT)/.test(out); i++) {
-    await sleep(1000);
-    out = (await exec(0, ['cat', '/tmp/dirty.out'])).stdout;
-  }
-  if (broken) {
-    t.fail('the guest broke after the precopy move: its program could not finish', KNOWN_TCG_PRECOPY_DEFECT);
-    return;
-  }
-  t.match(out, /dirty-mem ok/, 'every page checked out after three migrations');
+  await waitFor(async () => /dirty-mem (ok|CORRUPT)/.test((out = (await exec(0, ['cat', '/tmp/dirty.out'])).stdout)), 120_000, 'dirty-mem to finish');
+  t.match(out, /dirty-mem ok/, 'every page checked out after the three migrations');
 });
 
 t.test('checkpoint, kill, restore one VM: its program goes on and is correct', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'symbio-vc-ckpt-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   await exec(1, ['sh', '-c', 'nohup /opt/symbio/build/mpi/dirty-mem --mib 64 --rate 8 --seconds 25 > /tmp/dirty.out 2>&1 &']);
-  await sleep(3000);
+  await waitFor(async () => (await exec(1, ['cat', '/tmp/dirty.out'])).stdout.includes('dirty-mem start'), 60_000, 'dirty-mem to fill its memory');
   const m = await vclusterCheckpoint(NAME, 'vm1', dir, log);
   t.ok(m.stateBytes > 64 * 2 ** 20, 'the dirtied memory is in the checkpoint');
   t.ok(m.stateBytes < 384 * 2 ** 20, `${m.stateBytes} bytes: below guest memory (zero pages)`);
   const v = readState(NAME)!.vms[1]!;
   process.kill(v.pid, 'SIGKILL');
-  await sleep(300);
-  const r = await vclusterRestore(NAME, 'vm1', join(dir, 'vm1.manifest.json'), { log });
-  t.ok(r.restoreMs > 0);
+  await waitFor(async () => !pidAlive(v.pid), 10_000, 'the killed QEMU to be gone');
+  await vclusterRestore(NAME, 'vm1', join(dir, 'vm1.manifest.json'), { log });
+  const st = await vclusterStatus(NAME, log);
+  t.same(st.vms.filter((x) => x.name === 'vm1').map((x) => [x.alive, x.state]), [[true, 'running']], 'vm1 runs again from its checkpoint');
   let out = '';
   for (let i = 0; i < 90 && !/dirty-mem (ok|CORRUPT)/.test(out); i++) {
     await sleep(1000);
