@@ -73,13 +73,16 @@ t.test('the image is complete and its manifest tells the truth', async (t) => {
   );
 });
 
-t.test('a second call answers from the cache in well under a second', async (t) => {
+t.test('a second call answers from the cache, building nothing', async (t) => {
+  const before = statSync(image.rootDisk).mtimeMs;
   const t1 = performance.now();
   const again = await buildImage({ log });
   const ms = performance.now() - t1;
   t.equal(again.id, image.id);
   t.equal(again.rootDisk, image.rootDisk);
-  t.ok(ms < 1000, `took ${ms.toFixed(0)} ms`);
+  t.equal(statSync(again.rootDisk).mtimeMs, before, 'root.img was not rewritten');
+  // even the top layer alone takes about 10 s to rebuild; under load (two VM test files on 2 cores) a cache hit stays far below
+  t.ok(ms < 5000, `took ${ms.toFixed(0)} ms`);
 });
 
 t.test('the id changes with the inputs, and only with them', async (t) => {
