@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { QmpDriver } from '../../src/hypervisor/qmp-driver.js';
 import { QemuStartError, type QemuVm } from '../../src/hypervisor/qemu/qemu-vm.js';
 import { parseVmSpec, qemuArgv, VmSpecError, type VmSpec, type VmSpecInput } from '../../src/hypervisor/qemu/vm-spec.js';
-import { MigrationError, migrationOptionsSchema } from '../../src/hypervisor/qemu/migration.js';
+import { MigrationError } from '../../src/hypervisor/qemu/migration.js';
 import { CheckpointError, checkpointVm, manifestFileName, stateFileName } from '../../src/hypervisor/qemu/checkpoint.js';
 import { QmpError } from '../../src/hypervisor/qmp/client.js';
 import { sendFd } from '../../src/native.js';
@@ -103,16 +103,15 @@ t.test('specs are validated, and the argv pins every device', async (t) => {
   t.notMatch(argv, 'id=ic,');
   t.match(argv, '-chardev socket,id=chr-agent,path=/run/agent.sock,server=on,wait=off -device virtserialport,bus=vser.0,chardev=chr-agent,id=agent,name=org.symbio.agent');
   t.match(argv, 'virtio-balloon-pci,id=balloon,addr=0x6,free-page-hint=on,iothread=balloon-io');
-  t.throws(() => migrationOptionsSchema.parse({ mode: 'postcopy', multifdChannels: 4 }), /multifd does not work with postcopy in QEMU 7\.2/);
 });
 
 t.test('start failures carry QEMU\'s own explanation', async (t) => {
-  await t.rejects(driver.start(spec({ qemuBinary: join(dir, 'no-such-qemu') })), { name: 'QemuStartError', message: /cannot run .*no-such-qemu.*install QEMU/ });
-  await t.rejects(driver.start(spec({ disks: [{ id: 'd', path: join(dir, 'missing.img'), addr: 2 }] })), {
-    name: 'QemuStartError',
-    message: /drv.*missing\.img.*No such file or directory/,
-  });
-  t.ok(QemuStartError);
+  const noBinary = await driver.start(spec({ qemuBinary: join(dir, 'no-such-qemu') })).then(() => null, (e: unknown) => e);
+  t.type(noBinary, QemuStartError);
+  t.match(noBinary, { name: 'QemuStartError', message: /cannot run .*no-such-qemu.*install QEMU/ });
+  const noDisk = await driver.start(spec({ disks: [{ id: 'd', path: join(dir, 'missing.img'), addr: 2 }] })).then(() => null, (e: unknown) => e);
+  t.type(noDisk, QemuStartError);
+  t.match(noDisk, { message: /QEMU for VM drv exited during start-up \(code 1\): .*missing\.img.*No such file or directory/ });
 });
 
 t.test('status, pause and resume, with the events QEMU sends (2 vCPUs, multi-threaded TCG)', async (t) => {
@@ -150,15 +149,22 @@ for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
   });
 }
 
-t.test('precopy with multifd, xbzrle, auto-converge, a downtime limit and a bandwidth cap', async (t) => {
+// (QEMU 8.1 and later refuse multifd with xbzrle: migration-errors.test.ts checks the refusal)
+t.test('precopy with multifd, auto-converge, a downtime limit and a bandwidth cap; xbzrle without multifd', async (t) => {
   const src = await start(spec());
-  const { vm: dst, result } = await driver.migrate(src, destSpec(), { mode: 'precopy', multifdChannels: 2, xbzrleCacheBytes: 8 * 2 ** 20, autoConverge: true, downtimeLimitMs: 50, bandwidthBps: 400 * 2 ** 20 });
+  const { vm: dst, result } = await driver.migrate(src, destSpec(), { mode: 'precopy', multifdChannels: 2, autoConverge: true, downtimeLimitMs: 50, bandwidthBps: 400 * 2 ** 20 });
   track(dst);
   t.equal(result.status, 'completed');
+  t.equal(result.postcopyTrigger, null, 'precopy never switched');
   t.equal(await payloadHash(dst), payloadSha);
   const params = await dst.qmp.execute<Record<string, unknown>>('query-migrate-parameters');
   t.equal(params['multifd-channels'], 2, 'the destination took the same multifd channels');
-  await dst.shutdown();
+  const { vm: dst2, result: r2 } = await driver.migrate(dst, destSpec(), { mode: 'precopy', xbzrleCacheBytes: 8 * 2 ** 20, bandwidthBps: 400 * 2 ** 20 });
+  track(dst2);
+  t.equal(r2.status, 'completed');
+  t.equal(dst.running, false, 'the first destination, the source of the second move, is gone');
+  t.equal(await payloadHash(dst2), payloadSha);
+  await dst2.shutdown();
 });
 
 t.test('a cancelled migration leaves the guest running on the source', async (t) => {
@@ -200,8 +206,10 @@ t.test('checkpoint, kill, restore: the guest comes back exactly; a bad file is r
   const vm = await start(spec());
   const m = await driver.checkpoint(vm, ck);
   t.equal(m.vm, 'drv');
-  t.equal(m.machineType, 'pc-i440fx-7.2');
-  t.match(m.qemuVersion, /^\d+\.\d+\.\d+$/);
+  // the versioned name of the 'pc' alias: the running QEMU's own machine version
+  const v = (await vm.qmp.queryVersion()).qemu;
+  t.equal(m.machineType, `pc-i440fx-${v.major}.${v.minor}`);
+  t.equal(m.qemuVersion, `${v.major}.${v.minor}.${v.micro}`);
   t.equal(m.wasRunning, true);
   t.equal(m.stateBytes, statSync(join(ck, stateFileName('drv'))).size);
   t.equal(m.sha256, createHash('sha256').update(readFileSync(join(ck, stateFileName('drv')))).digest('hex'));
@@ -232,8 +240,9 @@ t.test('checkpoint, kill, restore: the guest comes back exactly; a bad file is r
   await t.rejects(driver.restore(manifestPath, { adapt }), { name: 'CheckpointError', message: /has \d+ bytes, its manifest says \d+: it is truncated/ });
 
   writeFileSync(manifestPath, '{"format": 1, "vm": ');
-  await t.rejects(driver.restore(manifestPath, { adapt }), { name: 'CheckpointError', message: /manifest .* is unreadable/ });
-  t.ok(CheckpointError);
+  const unreadable = await driver.restore(manifestPath, { adapt }).then(() => null, (e: unknown) => e);
+  t.type(unreadable, CheckpointError);
+  t.match(unreadable, { message: /manifest .* is unreadable: .*JSON/ });
   const restoreQemus = readdirSync('/proc')
     .filter((pid) => /^\d+$/.test(pid))
     .filter((pid) => {
@@ -292,7 +301,7 @@ t.test('checkpoint through a descriptor QEMU writes itself, and through the sock
     t.equal(m.sha256, createHash('sha256').update(readFileSync(statePath)).digest('hex'), 'the manifest hashes the file as it is on disk');
     t.same(readdirSync(ck).sort(), [manifestFileName('drv'), stateFileName('drv')], 'no temporary files left');
     // (QEMU closes its end in a bottom half right after the migration completed)
-    t.ok(await within(2000, () => !openFiles(vm.pid).some((f) => f.startsWith(ck))), 'QEMU let go of the state file');
+    t.ok(await within(10_000, () => !openFiles(vm.pid).some((f) => f.startsWith(ck))), 'QEMU let go of the state file');
     t.same(await vm.status(), { status: 'running', running: true }, 'the guest runs on');
     const r = await driver.restore(join(ck, manifestFileName('drv')), { adapt });
     track(r.vm);

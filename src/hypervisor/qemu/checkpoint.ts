@@ -2,7 +2,8 @@
  * Checkpoint a VM to a file, and restore it from one.
  *
  * The state is QEMU's migration stream. QEMU 7.2 has no `file:` migration
- * URI, but it migrates to any descriptor it holds (`migrate fd:NAME`): symbio
+ * URI (8.2 added it), but every version migrates to any descriptor it holds
+ * (`migrate fd:NAME`), so symbio uses that on all of them: symbio
  * opens the state file, hands QEMU a descriptor of it over the QMP socket
  * (SCM_RIGHTS, through the addon; QMP `getfd`), and QEMU writes the file
  * itself. Meanwhile symbio reads the growing file back from the page cache
@@ -123,6 +124,8 @@ export interface CheckpointOptions {
    * symbio writes the file.
    */
   via?: 'fd' | 'socket';
+  /** 'socket': how long QEMU may take to connect to symbio's socket after `migrate`; default 10 s. */
+  connectTimeoutMs?: number;
 }
 
 /** What went into the state file. */
@@ -165,9 +168,11 @@ let fdNames = 0;
  * written (sync_file_range) was no faster here: the flushes are the cost.
  *
  * Bytes count as written once they are inside the file's size: a buffered
- * write() copies a page before it extends the size over it.
+ * write() copies a page before it extends the size over it. A file that
+ * gets shorter than what is hashed already (someone truncated it) fails
+ * with a CheckpointError. (Exported for tests.)
  */
-async function followWrites(fd: number, writer: Promise<unknown>, mark: (phase: string) => void): Promise<{ bytes: number; sha256: string }> {
+export async function followWrites(fd: number, writer: Promise<unknown>, mark: (phase: string) => void): Promise<{ bytes: number; sha256: string }> {
   // (in an object: TypeScript does not follow assignments made in callbacks)
   const w: { state: 'writing' | 'done' | 'failed' | 'abandoned' } = { state: 'writing' };
   const wakers = new Set<() => void>();
@@ -215,6 +220,7 @@ async function followWrites(fd: number, writer: Promise<unknown>, mark: (phase: 
       const last = w.state !== 'writing';
       if (w.state === 'failed') break;
       const size = fstatSync(fd).size;
+      if (size < pos) throw new CheckpointError(`the state file shrank while QEMU wrote it (${size} bytes, ${pos} hashed already)`);
       // two buffers: the next read runs in the thread pool while this chunk is hashed
       let which = 0;
       let next = pos < size ? readAsync(fd, buffers[which], 0, Math.min(HASH_CHUNK, size - pos), pos) : null;
@@ -295,24 +301,42 @@ async function saveThroughFd(vm: QemuVm, path: string, opts: MigrationOptions, l
 }
 
 /** QEMU streams into a Unix socket; Node hashes the bytes and writes them to `path`. */
-async function saveThroughSocket(vm: QemuVm, path: string, opts: MigrationOptions, log: Logger, mark: (phase: string) => void, stop: () => Promise<void>): Promise<Saved> {
+async function saveThroughSocket(
+  vm: QemuVm,
+  path: string,
+  opts: MigrationOptions,
+  log: Logger,
+  mark: (phase: string) => void,
+  stop: () => Promise<void>,
+  connectTimeoutMs: number,
+): Promise<Saved> {
   const sock = streamSocketPath();
   let server: Server | null = null;
+  let migration: Promise<unknown> | null = null;
   try {
     server = await listen(sock.path);
-    const conn = firstConnection(server, 10_000, `checkpoint of ${vm.name}`);
+    const conn = firstConnection(server, connectTimeoutMs, `checkpoint of ${vm.name}`);
     conn.catch(() => undefined);
     await stop();
-    const migration = runOutgoingMigration(vm, `unix:${sock.path}`, opts, { log });
-    migration.then(() => mark('qemu'), () => undefined);
-    const socket = await Promise.race([conn, migration.then(() => conn)]);
+    const running = runOutgoingMigration(vm, `unix:${sock.path}`, opts, { log });
+    migration = running;
+    running.then(() => mark('qemu'), () => undefined);
+    const socket = await Promise.race([conn, running.then(() => conn)]);
     const counter = new HashingCounter();
     // 1 MiB writes: the file side, not the socket, should set the pace
     const out = createWriteStream(path, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 });
-    await Promise.all([pipeline(socket, counter, out).then(() => mark('written')), migration]);
+    await Promise.all([pipeline(socket, counter, out).then(() => mark('written')), running]);
     fsyncPath(path);
     mark('fsync');
     return { bytes: counter.bytes, sha256: counter.hash.digest('hex'), via: 'socket' };
+  } catch (err) {
+    // QEMU's side must be over before the guest is continued (and the
+    // migration loop must not poll on for its whole timeout)
+    if (migration) {
+      await vm.qmp.execute('migrate_cancel').catch(() => undefined);
+      await migration.catch(() => undefined);
+    }
+    throw err;
   } finally {
     server?.close();
     sock.cleanup();
@@ -356,7 +380,7 @@ export async function checkpointVm(vm: QemuVm, dir: string, o: CheckpointOptions
     mark('prepared');
     rmSync(tmpState, { force: true }); // a leftover of a crashed save of the same pid
     const saved =
-      (o.via !== 'socket' ? await saveThroughFd(vm, tmpState, opts, log, mark, stop) : null) ?? (await saveThroughSocket(vm, tmpState, opts, log, mark, stop));
+      (o.via !== 'socket' ? await saveThroughFd(vm, tmpState, opts, log, mark, stop) : null) ?? (await saveThroughSocket(vm, tmpState, opts, log, mark, stop, o.connectTimeoutMs ?? 10_000));
     renameSync(tmpState, statePath);
     mark('renamed');
     const saveMs = performance.now() - t0;
@@ -413,6 +437,8 @@ export interface RestoreOptions extends QemuStartOptions {
   /** Continue the guest after loading if it was running at checkpoint time; default true. */
   resume?: boolean;
   timeoutMs?: number;
+  /** How long QEMU may take to listen for the stream after migrate-incoming; default 10 s. */
+  connectTimeoutMs?: number;
 }
 
 /**
@@ -442,7 +468,7 @@ export async function restoreVm(manifestPath: string, o: RestoreOptions): Promis
     const loaded = vm.qmp.waitForEvent('MIGRATION', (e) => ['completed', 'failed'].includes(String((e.data as { status?: string }).status)), o.timeoutMs ?? 600_000);
     loaded.catch(() => undefined);
     await prepareIncoming(vm, `unix:${sock.path}`, migrationOptionsSchema.parse({}));
-    const socket = await connectWhenListening(sock.path, 10_000);
+    const socket = await connectWhenListening(sock.path, o.connectTimeoutMs ?? 10_000);
     const counter = new HashingCounter();
     const sent = pipeline(createReadStream(statePath, { highWaterMark: 1 << 20 }), counter, socket);
     const [, ev] = await Promise.all([sent, loaded]);

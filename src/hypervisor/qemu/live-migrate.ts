@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import type { Logger } from '../../log.js';
 import {
   MigrationError,
+  migrationConflicts,
   migrationOptionsSchema,
   prepareIncoming,
   prepareOutgoing,
@@ -55,6 +56,12 @@ export async function liveMigrate(
   const log = o.log.child({ vm: src.name, op: 'migrate', mode: options.mode });
   const t0 = performance.now();
   const wasRunning = (await src.status()).running;
+  // what this QEMU refuses together, said before the destination takes any of it
+  const conflicts = migrationConflicts(options, (await src.qmp.queryVersion()).qemu);
+  if (conflicts.length > 0) {
+    if (dst instanceof QemuVm) await dst.kill();
+    throw new MigrationError(`cannot migrate ${src.name} with these options: ${conflicts.join('; ')}`, 'source');
+  }
   const target = dst instanceof QemuVm ? dst : await startDestination(dst, o);
   const sockDir = o.uri ? null : mkdtempSync(join(tmpdir(), 'symbio-mig-'));
   const uri = o.uri ?? `unix:${join(sockDir!, 's')}`;
@@ -64,10 +71,17 @@ export async function liveMigrate(
     // If the destination dies, say so at once rather than when the stream stalls.
     const result = await Promise.race([
       runOutgoingMigration(src, uri, options, { log, signal: o.signal, onProgress: o.onProgress }),
-      target.exited.then((e) => {
+      target.exited.then(async (e) => {
+        // after the switch to postcopy the guest's newest state was on the
+        // destination: it went with it (the source is left in postcopy-paused)
+        const status = await src.qmp
+          .execute<{ status?: string }>('query-migrate', undefined, { timeoutMs: 5000 })
+          .then((q) => q.status ?? 'none', () => 'unknown');
+        const lost = status.startsWith('postcopy');
         // a cancel cuts the stream, and the destination exits over it: the cancel is the news
-        if (o.signal?.aborted) throw new MigrationError(`migration of ${src.name} was cancelled`, 'source');
-        throw new MigrationError(`the destination QEMU of ${src.name} exited during the migration (${e.signal ?? `code ${e.code}`})${e.stderr ? `: ${e.stderr.split('\n').slice(-2).join('; ')}` : ''}`, 'source');
+        if (o.signal?.aborted && !lost) throw new MigrationError(`migration of ${src.name} was cancelled`, 'source');
+        const why = `the destination QEMU of ${src.name} exited during the migration (${e.signal ?? `code ${e.code}`})${e.stderr ? `: ${e.stderr.split('\n').slice(-2).join('; ')}` : ''}`;
+        throw new MigrationError(lost ? `${why}, after the switch to postcopy (source: ${status}): the guest is lost` : why, lost ? 'lost' : 'source');
       }),
     ]);
     if (wasRunning) await waitRunning(target, 30_000);

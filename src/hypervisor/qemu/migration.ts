@@ -1,6 +1,6 @@
 /**
  * Live migration of a QEMU VM to a destination QEMU started with
- * `-incoming defer`, in each mode QEMU 7.2 offers:
+ * `-incoming defer`, in each mode QEMU (7.2 to 10) offers:
  *   precopy   copy RAM while the guest runs, pass after pass, then stop it
  *             for the last dirty pages (downtime bounded by downtime-limit);
  *   postcopy  switch over at once and let the destination pull pages on
@@ -24,6 +24,7 @@ import type { QmpEvent } from '../qmp/client.js';
 import type { QemuVm } from './qemu-vm.js';
 
 export type MigrationMode = 'precopy' | 'postcopy' | 'hybrid';
+export type PostcopyTrigger = 'mode' | 'passes' | 'dirty-rate' | 'no-progress';
 
 export const migrationOptionsSchema = z
   .strictObject({
@@ -45,15 +46,37 @@ export const migrationOptionsSchema = z
     timeoutMs: z.number().int().min(1).default(300_000),
     /** query-migrate polling while active. */
     progressIntervalMs: z.number().int().min(10).default(200),
-  })
-  .superRefine((o, ctx) => {
-    // QEMU 7.2 refuses these together; say so before touching either VM.
-    if (o.mode !== 'precopy' && o.multifdChannels > 0) {
-      ctx.addIssue({ code: 'custom', path: ['multifdChannels'], message: `multifd does not work with ${o.mode} in QEMU 7.2: use precopy, or multifdChannels: 0` });
-    }
   });
 export type MigrationOptionsInput = z.input<typeof migrationOptionsSchema>;
 export type MigrationOptions = z.output<typeof migrationOptionsSchema>;
+
+export interface QemuVersion {
+  readonly major: number;
+  readonly minor: number;
+  readonly micro: number;
+}
+const atLeast = (v: QemuVersion, major: number, minor: number) => v.major > major || (v.major === major && v.minor >= minor);
+const vstr = (v: QemuVersion) => `${v.major}.${v.minor}.${v.micro}`;
+
+/**
+ * Option combinations the given QEMU refuses (in migrate-set-capabilities,
+ * after the destination is up): checked against the source's version before
+ * either VM is touched, so the error says why. Empty: all fine.
+ *   - multifd with postcopy-ram: "Postcopy is not yet compatible with
+ *     multifd" up to QEMU 10.0; allowed from 10.1.
+ *   - multifd with xbzrle: "Multifd is not compatible with xbzrle" from
+ *     QEMU 8.1 (7.2 took both and simply sent no xbzrle pages on multifd).
+ */
+export function migrationConflicts(o: MigrationOptions, v: QemuVersion): string[] {
+  const problems: string[] = [];
+  if (o.mode !== 'precopy' && o.multifdChannels > 0 && !atLeast(v, 10, 1)) {
+    problems.push(`QEMU ${vstr(v)} refuses multifd with ${o.mode} (QEMU 10.1 and later take it): use precopy, or multifdChannels: 0`);
+  }
+  if (o.multifdChannels > 0 && o.xbzrleCacheBytes > 0 && atLeast(v, 8, 1)) {
+    problems.push(`QEMU ${vstr(v)} refuses multifd with xbzrle (since QEMU 8.1): use one of multifdChannels and xbzrleCacheBytes`);
+  }
+  return problems;
+}
 
 export interface MigrationProgress {
   readonly atMs: number;
@@ -80,6 +103,13 @@ export interface MigrationResult {
   readonly passes: number;
   /** hybrid/postcopy: ms after the start at which postcopy began (null: never). */
   readonly postcopyStartedAtMs: number | null;
+  /**
+   * What made it switch to postcopy (null: never): 'mode' (postcopy mode),
+   * or hybrid's rules: 'passes' (hybridMaxPasses precopy passes done),
+   * 'dirty-rate' (dirty rate >= hybridDirtyRatio x bandwidth), 'no-progress'
+   * (a pass began with no less RAM left than the one before).
+   */
+  readonly postcopyTrigger: PostcopyTrigger | null;
   readonly postcopyRequests: number;
   readonly samples: readonly MigrationProgress[];
   /** Wall clock from `migrate` to the destination running. */
@@ -121,6 +151,12 @@ const queryMigrateSchema = z.looseObject({
 type QueryMigrate = z.infer<typeof queryMigrateSchema>;
 
 const ACTIVE = new Set(['setup', 'active', 'postcopy-active', 'pre-switchover', 'device', 'wait-unplug', 'cancelling']);
+/**
+ * A postcopy whose stream broke: QEMU does not fail it (the guest's newest
+ * state is on the destination) but pauses it, waiting for a recovery
+ * (migrate-recover) that symbio does not do. The guest is lost.
+ */
+const POSTCOPY_BROKEN = new Set(['postcopy-paused', 'postcopy-recover-setup', 'postcopy-recover']);
 
 async function queryMigrate(vm: QemuVm): Promise<QueryMigrate> {
   const raw = await vm.qmp.execute('query-migrate');
@@ -175,6 +211,7 @@ export async function runOutgoingMigration(src: QemuVm, uri: string, o: Migratio
   const samples: MigrationProgress[] = [];
   let pass = 0;
   let postcopyAt: number | null = null;
+  let postcopyTrigger: PostcopyTrigger | null = null;
   let lastStatus = 'none';
   const events = src.qmp.events(['MIGRATION', 'MIGRATION_PASS']);
   // (in an object: TypeScript does not follow assignments made in closures)
@@ -205,10 +242,11 @@ export async function runOutgoingMigration(src: QemuVm, uri: string, o: Migratio
       };
     });
 
-  const startPostcopy = async (why: string) => {
+  const startPostcopy = async (trigger: PostcopyTrigger, why: string) => {
     if (postcopyAt !== null) return;
     postcopyAt = performance.now() - t0;
-    r.log.info({ why, atMs: Math.round(postcopyAt), pass }, 'switching to postcopy');
+    postcopyTrigger = trigger;
+    r.log.info({ why, trigger, atMs: Math.round(postcopyAt), pass }, 'switching to postcopy');
     await src.qmp.execute('migrate-start-postcopy');
   };
 
@@ -222,7 +260,9 @@ export async function runOutgoingMigration(src: QemuVm, uri: string, o: Migratio
   try {
     await src.qmp.execute('migrate', { uri });
     const deadline = t0 + o.timeoutMs;
-    let prevRemaining = Infinity;
+    // remaining RAM at the first sample of the current pass and of the one before
+    let passStart = { pass: 0, remaining: Infinity };
+    let prevPassRemaining = Infinity;
     for (;;) {
       while (pending.length) {
         const e = pending.shift()!;
@@ -252,18 +292,24 @@ export async function runOutgoingMigration(src: QemuVm, uri: string, o: Migratio
         };
         samples.push(sample);
         r.onProgress?.(sample);
+        if (pass !== passStart.pass) {
+          prevPassRemaining = passStart.remaining;
+          passStart = { pass, remaining: ram.remaining };
+        }
         if (status === 'active' && postcopyAt === null) {
           const elapsed = performance.now() - t0;
-          if (o.mode === 'postcopy' && elapsed >= o.postcopyDelayMs) await startPostcopy('postcopy mode');
+          if (o.mode === 'postcopy' && elapsed >= o.postcopyDelayMs) await startPostcopy('mode', 'postcopy mode');
           else if (o.mode === 'hybrid') {
             const bandwidthBps = (sample.mbps * 1e6) / 8;
-            if (pass > o.hybridMaxPasses) await startPostcopy(`${o.hybridMaxPasses} precopy passes done`);
+            if (pass > o.hybridMaxPasses) await startPostcopy('passes', `${o.hybridMaxPasses} precopy passes done`);
             else if (pass >= 2 && bandwidthBps > 0 && sample.dirtyRateBps >= o.hybridDirtyRatio * bandwidthBps) {
-              await startPostcopy(`dirty rate ${Math.round(sample.dirtyRateBps / 1e6)} MB/s against ${Math.round(bandwidthBps / 1e6)} MB/s sent`);
-            } else if (pass >= 3 && ram.remaining >= prevRemaining) await startPostcopy('remaining RAM no longer shrinks');
+              await startPostcopy('dirty-rate', `dirty rate ${Math.round(sample.dirtyRateBps / 1e6)} MB/s against ${Math.round(bandwidthBps / 1e6)} MB/s sent`);
+            } else if (pass >= 3 && passStart.remaining >= prevPassRemaining) {
+              // pass over pass: within a pass QEMU's count moves in bursts (rate limiting), so two samples may agree
+              await startPostcopy('no-progress', `remaining RAM no longer shrinks (pass ${pass} began with ${passStart.remaining} bytes, pass ${pass - 1} with ${prevPassRemaining})`);
+            }
           }
         }
-        prevRemaining = ram.remaining;
       }
       if (status === 'completed') {
         return {
@@ -276,6 +322,7 @@ export async function runOutgoingMigration(src: QemuVm, uri: string, o: Migratio
           totalBytes: ram?.total ?? 0,
           passes: Math.max(pass, ram?.['dirty-sync-count'] ?? 0),
           postcopyStartedAtMs: postcopyAt,
+          postcopyTrigger,
           postcopyRequests: ram?.['postcopy-requests'] ?? 0,
           samples,
         };
@@ -286,6 +333,9 @@ export async function runOutgoingMigration(src: QemuVm, uri: string, o: Migratio
           status === 'cancelled' ? `migration of ${src.name} was cancelled` : `migration of ${src.name} failed: ${q['error-desc'] ?? 'QEMU gave no reason'}`,
           inPostcopy ? 'lost' : 'source',
         );
+      }
+      if (POSTCOPY_BROKEN.has(status)) {
+        throw new MigrationError(`migration of ${src.name} broke during postcopy (${status}): ${q['error-desc'] ?? 'QEMU gave no reason'}; the guest's state was on the destination and is lost`, 'lost');
       }
       if (!ACTIVE.has(status)) throw new MigrationError(`migration of ${src.name} is in an unexpected state '${status}'`, 'source');
       if (cancelled) {
