@@ -161,9 +161,15 @@ export class GuestAgent {
     child.stdout!.on('data', pipe('stdout'));
     child.stderr!.on('data', pipe('stderr'));
     // a command that cannot start says so on its own stderr stream, like any output
-    child.once('error', (err) => pipe('stderr')(Buffer.from(`symbio agent: cannot run ${argv[0]}: ${err.message}\n`)));
+    // (and exits 127, like a shell's "command not found" and symbio-mpirun's own mpirun that
+    // cannot start: node reports the negative errno as the code, which no exit status is)
+    let failedToStart = false;
+    child.once('error', (err) => {
+      failedToStart = child.pid === undefined;
+      pipe('stderr')(Buffer.from(`symbio agent: cannot run ${argv[0]}: ${err.message}\n`));
+    });
     child.once('close', (code, signal) => {
-      run.exit = { code: code ?? 128 + (signal ? (osConstants.signals as Record<string, number>)[signal] ?? 0 : 0), signal };
+      run.exit = { code: failedToStart ? 127 : code ?? 128 + (signal ? (osConstants.signals as Record<string, number>)[signal] ?? 0 : 0), signal };
       this.#log.info({ job: job.id, code, signal }, 'command ended');
       this.#emit({ event: 'exit', job: job.id, ...run.exit, stdout: run.bytes.stdout, stderr: run.bytes.stderr }, 0);
     });

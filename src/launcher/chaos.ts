@@ -22,7 +22,10 @@ export interface ChaosOptions {
 
 export interface ChaosReport {
   readonly cycles: number;
+  /** Cycles whose frozen interval was verified and found good. */
   readonly completed: number;
+  /** Cycles resumed without a frozen-interval check (the job was resumed by someone else first); neither completed nor failed. */
+  readonly unverified: number;
   readonly aborted: number;
   /** Frozen-interval checks that failed (must be 0). */
   readonly verifyFailures: number;
@@ -55,6 +58,7 @@ export class ChaosQuiescer {
   private readonly failures: string[] = [];
   private cycles = 0;
   private completed = 0;
+  private unverified = 0;
   private aborted = 0;
   private verifyFailures = 0;
   private catchupRounds = 0;
@@ -96,7 +100,13 @@ export class ChaosQuiescer {
         const r = await this.agent.resumeJob();
         this.resume.push(r.resumeMs);
         if (r.ranksResumedMs !== null) this.ranksResumed.push(r.ranksResumedMs);
-        if (r.frozenCheck && !r.frozenCheck.ok) {
+        if (r.frozenCheck === null) {
+          // The frozen interval was never checked (someone else resumed the
+          // job in between): no proof either way, so the cycle is neither
+          // completed (= verified) nor a failed check.
+          this.unverified++;
+          log.warn({ epoch: q.epoch }, 'chaos cycle resumed without a frozen-interval check');
+        } else if (!r.frozenCheck.ok) {
           this.verifyFailures++;
           this.failures.push(`cycle ${this.cycles}: ${r.frozenCheck.reason}`);
           log.error({ epoch: q.epoch, reason: r.frozenCheck.reason }, 'frozen check failed');
@@ -118,6 +128,7 @@ export class ChaosQuiescer {
     return {
       cycles: this.cycles,
       completed: this.completed,
+      unverified: this.unverified,
       aborted: this.aborted,
       verifyFailures: this.verifyFailures,
       abortReasons: { ...this.abortReasons },

@@ -73,6 +73,12 @@ export function resolveMpirun(): string {
   }
   const v = spawnSync(mpirun, ['--version'], { encoding: 'utf8', timeout: 10_000 });
   const text = `${v.stdout ?? ''}${v.stderr ?? ''}`;
+  const code = (v.error as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOENT' || code === 'EACCES') {
+    // a path that does not exist (or cannot be run) is missing, not "not Open MPI"
+    const from = process.env.SYMBIO_MPIRUN === undefined ? '' : ' (SYMBIO_MPIRUN)';
+    throw new LaunchError(`cannot run mpirun ${mpirun}${from}: ${code === 'ENOENT' ? 'no such file' : 'permission denied'}: install Open MPI (apt-get install openmpi-bin libopenmpi-dev) or set SYMBIO_MPIRUN`);
+  }
   if (v.error || !/Open MPI|OpenRTE/.test(text)) {
     throw new LaunchError(`${mpirun} is not Open MPI's mpirun (symbio's shim needs Open MPI): ${v.error?.message ?? text.split('\n')[0] ?? ''}`.trim());
   }
@@ -257,7 +263,8 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     process.on('SIGTERM', onSignal);
     const exited = new Promise<number>((resolve) => {
       child!.on('error', (err) => {
-        llog.error({ err: err.message }, 'mpirun failed to start');
+        // one line that says what failed; 127 like a shell's "command not found"
+        llog.error({ err: err.message }, `cannot start mpirun (${mpirun}): ${(err as NodeJS.ErrnoException).code ?? err.message}`);
         resolve(127);
       });
       child!.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? signalNumber(signal) : 0)));
@@ -281,7 +288,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     const exitCode = await exited;
     const report = chaos ? await chaos.stop() : null;
     if (report) {
-      llog.info({ chaos: report }, `chaos quiesce: ${report.completed} cycles completed, ${report.aborted} abandoned, ${report.verifyFailures} failed checks`);
+      llog.info({ chaos: report }, `chaos quiesce: ${report.completed} cycles completed, ${report.unverified} unverified, ${report.aborted} abandoned, ${report.verifyFailures} failed checks`);
       if (parsed.symbio.chaosReport) writeFileSync(parsed.symbio.chaosReport, JSON.stringify(report, null, 2) + '\n');
     }
     controller?.jobFinished(jobId, exitCode);

@@ -3,10 +3,13 @@
  * object, never the real home or /etc), files that cannot be read, relative
  * paths in the file, and readTokenFile's checks.
  */
+import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import t from 'tap';
+import { packageRoot } from '../../src/util/package-root.js';
 import { ConfigError, loadConfig, readTokenFile, resolveConfigPath, type ResolveConfigOptions } from '../../src/config/load.js';
 
 /** A sandbox: cwd, home, XDG dir and a stand-in for /etc/symbio, all empty; removed after the test. */
@@ -101,11 +104,27 @@ t.test('files that cannot be read', async (t) => {
   t.equal(configErrorOf(() => loadConfig(s.opts())).message, `${dir}: cannot read the configuration file: is a directory, not a file`, 'a directory where the file should be');
   const locked = s.put(join(s.root, 'locked.yaml'));
   chmodSync(locked, 0o000);
-  if (process.getuid?.() === 0) {
-    t.comment('running as root: permission bits do not stop reads; EACCES case skipped');
-  } else {
-    t.equal(configErrorOf(() => loadConfig(s.opts({}, locked))).message, `${locked}: cannot read the configuration file: permission denied`);
+  const denied = `${locked}: cannot read the configuration file: permission denied`;
+  if (process.getuid?.() !== 0) {
+    t.equal(configErrorOf(() => loadConfig(s.opts({}, locked))).message, denied);
+    return;
   }
+  // Root reads whatever the mode says: read as nobody (uid 65534) instead, in
+  // a child that loads the built module (dist/). `env -i`: the test runner's
+  // NODE_OPTIONS hooks cannot work as another user.
+  chmodSync(s.root, 0o755); // mkdtemp made it 0700: nobody must reach the file to be refused by its mode
+  const asNobody = (): string => {
+    const load = pathToFileURL(join(packageRoot(), 'dist/src/config/load.js')).href;
+    const script = `import(${JSON.stringify(load)}).then(({ loadConfig }) => {
+      try { loadConfig(${JSON.stringify({ ...s.opts(), explicit: locked })}); console.log('loaded'); }
+      catch (err) { console.log(err.name + ': ' + err.message); }
+    })`;
+    const r = spawnSync('/usr/bin/env', ['-i', process.execPath, '-e', script], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 20_000 });
+    return `${r.stdout}${r.stderr}`.trim();
+  };
+  t.equal(asNobody(), `ConfigError: ${denied}`, 'uid 65534, file mode 000: permission denied');
+  chmodSync(locked, 0o644);
+  t.equal(asNobody(), 'loaded', 'the same file readable: nobody loads it (so the mode was the refusal)');
 });
 
 t.test('errors from loadConfig name the file found by the search', async (t) => {

@@ -81,7 +81,7 @@ t.test('a hanging plugin times out (per-hook timeout wins over the default)', as
   await d.start([{ plugin: plugin('hangs', { decide: { timeoutMs: 50, handler: () => new Promise(() => undefined) } }) }]);
   const t0 = Date.now();
   await t.rejects(d.hookFirst('decide'), { name: 'PluginHookError', message: /plugin hangs, hook decide: no answer within 50 ms/ });
-  t.ok(Date.now() - t0 < 2000, 'did not wait for the default timeout');
+  t.ok(Date.now() - t0 < 5_000, `did not wait for the 10 s default timeout (${Date.now() - t0} ms)`);
   await d.teardown();
 });
 

@@ -40,7 +40,8 @@ for (const [name, args, minCycles] of cases) {
     t.equal(sym.stdout, plain.stdout, 'output identical to plain mpirun');
     const r = JSON.parse(readFileSync(report, 'utf8')) as ChaosReport;
     t.equal(r.verifyFailures, 0, `every frozen interval verified (${r.failures.join('; ')})`);
-    t.ok(r.completed >= minCycles, `${r.completed} quiesce/freeze/resume cycles completed (>= ${minCycles}), ${r.aborted} abandoned`);
+    t.equal(r.unverified, 0, 'no cycle went unchecked');
+    t.ok(r.completed >= minCycles, `${r.completed} quiesce/freeze/resume cycles completed and verified (>= ${minCycles}), ${r.aborted} abandoned`);
     t.comment(`${name}: quiesce p50 ${r.phasesMs.quiesce.p50} ms p99 ${r.phasesMs.quiesce.p99} ms; resume p50 ${r.phasesMs.resume.p50} ms; drained ${r.drainedTotal}; catch-up rounds ${r.catchupRounds}; ${sym.seconds.toFixed(1)} s vs ${plain.seconds.toFixed(1)} s plain`);
   });
 }

@@ -40,7 +40,7 @@ t.test('agent killed while ranks are frozen: ranks resume by themselves, job fin
   t.equal(r.stdout, plain.stdout, 'the job finished with the same output as a plain run');
   const resumed = r.stderr.match(/resuming by myself: the symbio agent \(pid \d+\) is gone/g) ?? [];
   t.equal(resumed.length, 4, 'every rank said why it resumed by itself');
-  t.ok(Date.now() - killedAt < 60_000, 'well before the resume limit');
+  t.ok(Date.now() - killedAt < 30_000, `well before the 60 s resume limit (${Date.now() - killedAt} ms)`);
   // SIGKILL leaves the agent no chance to clean up: remove its segment and files
   rmSync(`/dev/shm${desc.segment}`, { force: true });
   rmSync(desc.socket, { force: true });
@@ -54,12 +54,13 @@ t.test('RESUME never comes: ranks resume by themselves after the limit', async (
     symbioMpirun, '--job-id', jobId, '--resume-timeout', '700', ...mpiCommon, '-np', '4', prog('ring'),
   ]);
   const desc = await waitForJob(jobId, 4);
+  // the ranks' 700 ms start at HOLD, which comes after this request: they cannot be back sooner
+  const t0 = Date.now();
   const reply = await jobRequest(desc.socket, { op: 'operate', kind: 'freeze', timeoutMs: 20_000 }, 25_000);
   t.ok(reply.ok, 'frozen');
-  const t0 = Date.now();
   // watch the ranks come back by themselves
   let running = 0;
-  while (Date.now() - t0 < 10_000) {
+  while (Date.now() - t0 < 30_000) {
     const s = await jobRequest(desc.socket, { op: 'status' }, 5_000);
     running = s.ok ? statusRanks(s.result).filter((x) => x.state === 'running').length : -1;
     if (running === 4) break;
@@ -67,7 +68,8 @@ t.test('RESUME never comes: ranks resume by themselves after the limit', async (
   }
   const waited = Date.now() - t0;
   t.equal(running, 4, `all ranks running again after ${waited} ms`);
-  t.ok(waited >= 300 && waited < 5_000, 'about when the 700 ms limit ran out');
+  // not before the limit; and long before the 60 s default (a limit not applied at all)
+  t.ok(waited >= 700 && waited < 30_000, 'when the 700 ms limit ran out');
   const resumed = await jobRequest(desc.socket, { op: 'operate', kind: 'resume' }, 10_000);
   t.ok(resumed.ok, `the operator's resume afterwards succeeds: ${JSON.stringify(resumed).slice(0, 300)}`);
   t.match((resumed as { result: { result: { selfResumed: string } } }).result.result.selfResumed, /4 ranks had resumed by themselves \(timeout\)/, 'and says the ranks had resumed by themselves');

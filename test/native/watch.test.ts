@@ -221,7 +221,9 @@ t.test('watch() twice, or after close, is refused; close() while watching is pro
   await w.next((e) => e.type === 'rank-attached');
   const t0 = Date.now();
   seg.close();
-  t.ok(Date.now() - t0 < 1000, 'close joined the watcher threads promptly');
+  // the watcher waits with no timeout: a close that failed to wake it would hang
+  // for good, so a generous limit (two VM tests may share the 2 cores) catches it
+  t.ok(Date.now() - t0 < 10_000, `close joined the watcher threads (${Date.now() - t0} ms)`);
   t.notOk(existsSync(`/dev/shm${seg.name}`));
   const count = w.events.length;
   rank.child.kill('SIGKILL');

@@ -93,7 +93,8 @@ t.test('close() while quiescing: the attempt ends and no FREEZE follows', async 
   };
   const q = new JobQuiescer([a, late], { stallMs: 5_000, log });
   const p = q.quiesce({ freeze: true, timeoutMs: 5_000 });
-  await new Promise((r) => setTimeout(r, 50));
+  // close once the quiesce is under way: both nodes told to hold (the state, not a guessed time)
+  while (!(a.calls.includes('hold 1') && late.calls.includes('hold 1'))) await new Promise((r) => setTimeout(r, 1));
   q.close();
   await t.rejects(p, { name: 'QuiesceAbortedError', kind: 'closed' });
   t.same(a.calls, ['hold 1', 'resume'], 'held, then resumed; never frozen');

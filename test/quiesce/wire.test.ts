@@ -108,5 +108,5 @@ t.test('fuzz: random mutations decode or fail with WireError; decoded ones evalu
       }
     }
   }
-  t.pass(`3000 mutated reports: ${decoded} decoded and evaluated, the rest WireErrors`);
+  t.ok(decoded > 0 && decoded < 3000, `3000 mutated reports: ${decoded} decoded and evaluated, the rest WireErrors (both seen)`);
 });

@@ -69,26 +69,29 @@ t.test('requests checkpoints at the computed interval, for the selected running 
       options: { mtbfMs: 800, mtbfPriorWeight: 1e12, initialCheckpointCostMs: 1, formula: 'daly', minIntervalMs: 1, maxIntervalMs: 60_000, jobs: ['a', 'c'], recheckMs: 10 },
     },
   ]);
-  await sleep(250);
+  const asked = (id: string) => actions.requests.filter((r) => r.decision.action === 'checkpoint' && r.decision.job === id);
+  // a runs: wait for several of its checkpoints (the state, not a guessed time)
+  await waitFor(() => asked('a').length >= 5, 30_000, '5 checkpoints of job a');
+  t.equal(asked('c').length, 0, 'job c not asked while it is starting');
   // c starts running: its clock runs from its start, so it is overdue and asked for at the next re-scan
+  const ranAt = Date.now();
   state.jobs = state.jobs.map((j) => (j.id === 'c' ? { ...j, state: 'running' } : j));
-  await sleep(150);
+  await waitFor(() => asked('c').length >= 1, 30_000, 'a checkpoint of job c');
   await driver.teardown();
   const stoppedAt = actions.requests.length;
 
-  const forA = actions.requests.filter((r) => r.decision.action === 'checkpoint' && r.decision.job === 'a');
-  const forC = actions.requests.filter((r) => r.decision.action === 'checkpoint' && r.decision.job === 'c');
+  const forA = asked('a');
+  const forC = asked('c');
   t.notOk(actions.requests.some((r) => r.decision.action === 'checkpoint' && r.decision.job === 'b'), 'job b is not selected');
-  t.ok(forA.length >= 5, `job a: ${forA.length} checkpoints in 400 ms`);
-  t.ok((forC[0]?.at ?? 0) >= t0 + 250, 'job c not before it ran');
-  t.ok(forC.length >= 1, 'job c once it ran');
+  t.ok((forC[0]?.at ?? 0) >= ranAt, 'job c not before it ran');
   // first one T after the start; then T after the end of the previous one (which took 1 ms)
   t.ok((forA[0]?.at ?? 0) - t0 >= Math.floor(T), `first after ${(forA[0]?.at ?? 0) - t0} ms`);
-  for (let i = 1; i < forA.length; i++) {
-    const gap = (forA[i]?.at ?? 0) - (forA[i - 1]?.at ?? 0);
-    // timers never fire early; a loaded 2-core machine can make them late
-    t.ok(gap >= Math.floor(T + 1) && gap <= T + 1 + 100, `gap ${i}: ${gap} ms, interval ${T.toFixed(1)} ms + 1 ms checkpoint`);
-  }
+  const gaps = forA.slice(1).map((r, i) => r.at - forA[i]!.at);
+  // timers never fire early; a loaded 2-core machine makes some late, so the
+  // upper bound is on the median, and loose: it catches a doubled interval
+  t.ok(Math.min(...gaps) >= Math.floor(T + 1), `gaps ${gaps.join(', ')} ms: none shorter than the interval ${T.toFixed(1)} ms + 1 ms checkpoint`);
+  const median = [...gaps].sort((x, y) => x - y)[Math.floor(gaps.length / 2)]!;
+  t.ok(median < 2 * (T + 1), `median gap ${median} ms: less than twice the interval`);
   t.equal(actions.peakInFlightPerJob, 1, 'never two at once for a job');
   t.match(forA[0]?.decision, { action: 'checkpoint', job: 'a', reason: /^periodic checkpoint every 39 ms \(daly interval for checkpoint cost 1 ms and MTBF 800 ms\)$/ });
 
@@ -117,17 +120,16 @@ t.test('never two at once, and the interval follows the measured cost', async (t
     { plugin: periodicCheckpoint, options: { mtbfMs: 800, mtbfPriorWeight: 1e12, initialCheckpointCostMs: 1, minIntervalMs: 1, maxIntervalMs: 60_000, recheckMs: 5 } },
   ]);
   // the record of our own request also reaches operationFinished: it must not count twice
-  await waitFor(() => actions.requests.length > 0, 3000, 'the first request');
+  await waitFor(() => actions.requests.length > 0, 30_000, 'the first request');
   const first: OperationRecord = record({ id: 'ck-1', job: 'a', kind: 'checkpoint', startedAt: Date.now(), durationMs: 100 });
-  await waitFor(() => actions.inFlight === 0, 3000, 'the first checkpoint to end');
+  await waitFor(() => actions.inFlight === 0, 30_000, 'the first checkpoint to end');
   await driver.hookParallel('operationFinished', first, actions.view());
   // C = 100 ms now: Daly sqrt(160000) (1 + 0.25/3 + 1/144) - 100 = 336.1 ms
   const T2 = dalyIntervalMs(100, 800);
   near(t, T2, 336.11, 0.01, 'the new interval by hand');
-  await waitFor(() => actions.requests.length >= 2 && actions.inFlight === 0, 3000, 'the second checkpoint');
+  await waitFor(() => actions.requests.length >= 2 && actions.inFlight === 0, 30_000, 'the second checkpoint');
   await driver.teardown();
   t.equal(actions.peakInFlightPerJob, 1, 'never two at once, though re-scans ran every 5 ms');
-  t.ok(actions.requests.length >= 2, `${actions.requests.length} requests`);
   const gap = (actions.requests[1]?.at ?? 0) - (actions.requests[0]?.at ?? 0);
   t.ok(gap >= 100 + Math.floor(T2), `second request ${gap} ms after the first: 100 ms checkpoint + ${T2.toFixed(0)} ms`);
   const logged = lines.filter((l) => l.job === 'a' && l.T !== undefined).map((l) => l.C);
@@ -150,7 +152,7 @@ t.test('a failed checkpoint backs off; failures and measured costs update the in
       options: { mtbfMs: 800, mtbfPriorWeight: 1e12, initialCheckpointCostMs: 1, minIntervalMs: 1, maxIntervalMs: 60_000, jobs: ['a'], recheckMs: 5, retryAfterFailureMs: 150 },
     },
   ]);
-  await waitFor(() => calls >= 2, 3000, 'a second try');
+  await waitFor(() => calls >= 2, 30_000, 'a second try');
   await driver.teardown();
   const tries = actions.requests.map((r) => r.at);
   t.equal(calls, 2, 'one try at ~39 ms, the next 150 ms later');
@@ -161,8 +163,8 @@ t.test('a failed checkpoint backs off; failures and measured costs update the in
   const { log: log2, lines: lines2 } = captureLogger();
   const d2 = new PluginDriver({ log: log2, hookTimeoutMs: 1000, actions });
   await d2.start([{ plugin: periodicCheckpoint, options: { mtbfMs: 1e9, initialCheckpointCostMs: 60_000, minIntervalMs: 1, maxIntervalMs: 1e12, failureMergeWindowMs: 60_000 } }]);
-  await sleep(20);
   const intervals = () => lines2.filter((l) => l.job === 'a' && l.T !== undefined) as Array<{ T: number; C: number; M: number; failures: number }>;
+  await waitFor(() => intervals().length > 0, 30_000, 'the interval of job a');
   near(t, intervals()[0]?.T ?? 0, dalyIntervalMs(60_000, 1e9), 1000, 'initial interval from the configured C and M');
 
   const now = Date.now();
