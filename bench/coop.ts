@@ -625,9 +625,8 @@ export async function benchCoop(args: readonly string[] = []): Promise<unknown> 
   }
   if (plan.mode === 'postcopy') {
     notes.push(
-      'Both kinds of migration run in postcopy mode (the default here; --mode to change it): a raw precopy migration of vm1 while the job runs in it broke the guest in 2 of 3 tries ' +
-        "while this bench was written (the destination QEMU exited: the guest reset under -no-reboot; or the guest stopped answering): the dirty-page tracking bug of QEMU 7.2's TCG that bench/migration.ts describes. " +
-        'Postcopy raw migrations of the same guest did not break it.',
+      'Both kinds of migration run in postcopy mode (the default here; --mode to change it). It became the default on QEMU 7.2, where a raw precopy migration of vm1 while the job ran in it broke the guest in 2 of 3 tries ' +
+        "(the dirty-page tracking bug of QEMU 7.2's TCG that bench/migration.ts describes); on QEMU 10 --mode precopy runs clean here (docs/performance.md).",
     );
   }
   notes.push(

@@ -1119,7 +1119,7 @@ export async function benchFt(args: readonly string[] = []): Promise<unknown> {
   if (broken > 0) {
     notes.push(
       `${broken} of ${retarget.length + finishThenMove.length} retarget/finish-then-move runs broke vm1's guest (a kernel oops on its new QEMU's console right after a ${plan.bandwidthMiBps} MiB/s precopy migration, in either kind of run): ` +
-        'consistent with the dirty-page tracking problem of QEMU 7.2 precopy under TCG that bench/migration.ts describes (the longer a throttled precopy copies a running guest, the likelier). They are listed with their numbers and left out of the medians.',
+        `on QEMU ${qemuVersion}. QEMU 7.2 broke throttled precopy moves of TCG guests (the dirty-page tracking problem bench/migration.ts describes); QEMU 10 had not, here. They are listed with their numbers and left out of the medians.`,
     );
   }
   notes.push(

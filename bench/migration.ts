@@ -1028,7 +1028,7 @@ export async function benchMigration(args: readonly string[] = []): Promise<unkn
         'that workload was cut short and a new guest booted; such runs are listed but left out of the medians. ' +
         'A breakage is charged to the migration after which it showed; the damage may come from the one before. ' +
         'Outside this bench (same guest, 100 MiB/s dirtying): 8 precopy migrations in a row broke the guest in about half the tries, over TCP or a Unix socket, with or without the balloon, ' +
-        'with MTTCG or thread=single; 46 postcopy migrations and 26 checkpoint/restores in a row did not: a write the dirty log misses while precopy copies a running TCG guest (QEMU 7.2).',
+        'with MTTCG or thread=single; 46 postcopy migrations and 26 checkpoint/restores in a row did not: a write the dirty log misses while precopy copies a running TCG guest (QEMU 7.2; QEMU 10.0 broke none of 150 here).',
     );
   }
   if (!plan.quick && seconds - imageSeconds > 15 * 60) notes.push(`this run took ${round((seconds - imageSeconds) / 60)} min: over the 15 min budget of the default matrix`);
