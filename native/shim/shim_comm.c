@@ -260,11 +260,25 @@ int MPI_Dist_graph_create_adjacent(MPI_Comm comm_old, int indegree, const int so
 }
 /* The leaders' handshake travels on the bridge communicator with the
  * application's tag, unseen by our counters: a held peer's drain could take
- * it. Quiesce is refused for jobs that create intercommunicators. */
+ * it. Quiesce is refused for jobs that create intercommunicators. The refusal
+ * alone is not enough: the other leader may still be held (it has not got
+ * here yet) and drain Open MPI's first handshake message, and the job fails.
+ * So the leaders first exchange a message of ours, received through the shim
+ * (which sees what a drain took); after it both leaders refuse holds, and
+ * nothing drains Open MPI's handshake. */
 int MPI_Intercomm_create(MPI_Comm local_comm, int local_leader, MPI_Comm bridge_comm,
                          int remote_leader, int tag, MPI_Comm *newintercomm) {
-  if (!shim_g.passthrough)
+  if (!shim_g.passthrough) {
     shim_mark_unsupported(SYMBIO_UNSUP_DYNAMIC, "MPI_Intercomm_create (intercommunicators)");
+    int me = -1;
+    if (local_comm != MPI_COMM_NULL && PMPI_Comm_rank(local_comm, &me) == MPI_SUCCESS &&
+        me == local_leader) {
+      int out = 0, in = 0;
+      int rc = MPI_Sendrecv(&out, 1, MPI_INT, remote_leader, tag, &in, 1, MPI_INT, remote_leader,
+                            tag, bridge_comm, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) return rc;
+    }
+  }
   CREATE_ON(local_comm,
             PMPI_Intercomm_create(local_comm, local_leader, bridge_comm, remote_leader, tag,
                                   newintercomm),

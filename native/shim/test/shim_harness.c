@@ -8,10 +8,27 @@
  *
  *   shim_harness [-c cycles] [-i interval_ms] [-t resume_timeout_ms]
  *                [-k kill_agent_after_freezes] [-m min_completed]
- *                [-w ranks_to_wait_for] -- mpirun args...
+ *                [-w ranks_to_wait_for] [-u reason [-e text]] -- mpirun args...
  *
- * Exit status: the job's, or 99 when a quiescence check failed. The job's
- * stdout passes through; the harness reports on stderr.
+ * -u reason   the job must refuse quiesce (reason: a SYMBIO_UNSUP_* name in
+ *             lower case without the prefix, e.g. io, or its number): every
+ *             slot the job claimed ends flagged unsupported with that reason
+ *             and finalized, at least one cycle was aborted because of it, no
+ *             cycle completed after that, no flagged rank held while HOLD
+ *             stayed on 20 ms more in refused cycles, and the job exited 0.
+ * -e text     the job's stderr (passed through) must hold `text` on exactly
+ *             one line per refusing slot (with -u), or on some line.
+ * -k N        after N+1 freezes the agent dies with the ranks frozen: the
+ *             harness process forks the agent (which exits, unlinking the
+ *             segment) and stays as a subreaper to collect the orphaned job:
+ *             every claimed slot must have resumed by itself because the
+ *             agent was gone, finalized, and the job must exit 0 within 30 s.
+ *
+ * Exit status: the job's, or 99 when a quiescence check failed, 98 when too
+ * few cycles completed, 97 when an expected refusal (-u/-e) did not happen
+ * as expected, 96 when the ranks did not resume as expected after the
+ * agent's death (-k). The job's stdout passes through; the harness reports on
+ * stderr.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,7 +38,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -39,9 +58,161 @@ static uint64_t now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* -e: the job's stderr comes through this pipe; sleeping pumps it to our
+ * stderr and counts the lines that hold expect_text. */
+static int err_pipe = -1;
+static const char *expect_text;
+static int expect_lines;
+static char line[4096];
+static size_t line_len;
+
+static void end_line(void) {
+  line[line_len] = '\0';
+  if (line_len && strstr(line, expect_text)) expect_lines++;
+  line_len = 0;
+}
+
+static void pump(int timeout_ms) {
+  struct pollfd p = {.fd = err_pipe, .events = POLLIN};
+  if (poll(&p, 1, timeout_ms) <= 0) return;
+  char b[4096];
+  ssize_t n = read(err_pipe, b, sizeof b);
+  if (n <= 0) {
+    if (n < 0 && errno == EINTR) return;
+    close(err_pipe);
+    err_pipe = -1;
+    return;
+  }
+  ssize_t w = write(2, b, (size_t)n);
+  (void)w;
+  for (ssize_t i = 0; i < n; i++) {
+    if (b[i] == '\n') end_line();
+    else {
+      line[line_len++] = b[i];
+      if (line_len == sizeof line - 1) end_line();
+    }
+  }
+}
+
 static void sleep_ms(unsigned ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
+  uint64_t end = now_ms() + ms, now;
+  while ((now = now_ms()) < end) {
+    if (err_pipe >= 0) {
+      pump((int)(end - now));
+      continue;
+    }
+    uint64_t left = end - now;
+    struct timespec ts = {(time_t)(left / 1000), (long)(left % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+}
+
+static const char *const unsup_names[] = {"none", "rma", "io", "dynamic", "thread_multiple",
+                                          "too_many_requests", "too_many_comms",
+                                          "world_too_large", "comm_idup"};
+#define N_UNSUP (int)(sizeof unsup_names / sizeof unsup_names[0])
+
+static int parse_reason(const char *s) {
+  for (int i = 1; i < N_UNSUP; i++)
+    if (strcmp(s, unsup_names[i]) == 0) return i;
+  char *end;
+  long v = strtol(s, &end, 10);
+  return *s && !*end && v > 0 && v < 256 ? (int)v : -1;
+}
+
+static const char *reason_name(uint32_t r) { return r < (uint32_t)N_UNSUP ? unsup_names[r] : "?"; }
+
+/* -u: after the job: did it refuse quiesce exactly as expected? 0 if so. */
+static int check_refusal(int reason, int refused_cycles, int done_after, int status) {
+  int claimed = 0, refusing = 0, wrong = 0;
+  for (uint32_t i = 0; i < H->slot_count; i++) {
+    symbio_slot_fixed *s = symbio_slot_at(H, i);
+    if (s->pid == 0) continue; /* never claimed */
+    claimed++;
+    uint32_t fl = s->flags, un = s->unsupported, st = s->state;
+    if ((fl & SYMBIO_F_UNSUPPORTED) && un == (uint32_t)reason) refusing++;
+    else
+      wrong++, fprintf(stderr, "harness: slot %u (rank %d): flags 0x%x unsupported %u (%s), expected %d (%s)\n",
+                       i, s->world_rank, fl, un, reason_name(un), reason, reason_name((uint32_t)reason));
+    if (st != SYMBIO_ST_FINALIZED)
+      wrong++, fprintf(stderr, "harness: slot %u (rank %d) ended in state %u, not finalized\n", i,
+                       s->world_rank, st);
+  }
+  if (claimed == 0) wrong++, fprintf(stderr, "harness: no slot was ever claimed\n");
+  if (refused_cycles == 0) wrong++, fprintf(stderr, "harness: no cycle was refused as unsupported\n");
+  if (done_after)
+    wrong++, fprintf(stderr, "harness: %d cycle(s) completed after the job refused quiesce\n", done_after);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    wrong++, fprintf(stderr, "harness: the job did not exit 0 (wait status 0x%x)\n", status);
+  if (expect_text && expect_lines != refusing)
+    wrong++, fprintf(stderr, "harness: %d stderr line(s) hold \"%s\", expected %d (one per refusing rank)\n",
+                     expect_lines, expect_text, refusing);
+  if (wrong) return 97;
+  fprintf(stderr, "harness: refusal as expected: %d of %d slots refused with reason %d (%s), %d cycle(s) refused, "
+          "%d message line(s)\n", refusing, claimed, reason, reason_name((uint32_t)reason), refused_cycles,
+          expect_lines);
+  return 0;
+}
+
+/* -k: shared between the harness process and the agent it forks */
+typedef struct {
+  pid_t job;          /* mpirun, child of the agent, then ours */
+  int agent_died;     /* the agent exited on purpose with ranks frozen */
+  uint64_t died_ms;
+} death_watch;
+
+#define AFTER_DEATH_LIMIT_MS 30000
+
+/* The harness process while its agent child runs the cycles and dies. */
+static int observe_agent_death(pid_t agent, death_watch *dw) {
+  int st = 0;
+  while (waitpid(agent, &st, 0) < 0 && errno == EINTR) {
+  }
+  if (!dw->agent_died) {
+    fprintf(stderr, "harness: the agent never died (the job ended first?); agent status 0x%x\n", st);
+    return 96;
+  }
+  /* the job is ours now (we are its subreaper) */
+  int status = 0, ended = 0;
+  while (!ended) {
+    pid_t r = waitpid(dw->job, &status, WNOHANG);
+    if (r == dw->job) ended = 1;
+    else if (r < 0 && errno != EINTR) return perror("harness: waitpid job"), 96;
+    else if (now_ms() - dw->died_ms > AFTER_DEATH_LIMIT_MS) {
+      fprintf(stderr, "harness: the job did not finish within %d ms of the agent's death; killing it\n",
+              AFTER_DEATH_LIMIT_MS);
+      kill(dw->job, SIGTERM);
+      sleep_ms(3000);
+      kill(dw->job, SIGKILL);
+      waitpid(dw->job, &status, 0);
+      return 96;
+    }
+    else sleep_ms(10);
+  }
+  uint64_t took = now_ms() - dw->died_ms;
+  int claimed = 0, wrong = 0;
+  for (uint32_t i = 0; i < H->slot_count; i++) {
+    symbio_slot_fixed *s = symbio_slot_at(H, i);
+    if (s->pid == 0) continue;
+    claimed++;
+    if (!(s->flags & SYMBIO_F_AUTORESUMED) || s->autoresumes < 1 ||
+        s->autoresume_reason != SYMBIO_AR_AGENT_GONE)
+      wrong++, fprintf(stderr, "harness: slot %u (rank %d): flags 0x%x, %llu autoresume(s), reason %u; "
+                       "expected a resume by itself because the agent was gone (%d)\n", i,
+                       s->world_rank, s->flags, (unsigned long long)s->autoresumes,
+                       s->autoresume_reason, SYMBIO_AR_AGENT_GONE);
+    if (s->state != SYMBIO_ST_FINALIZED)
+      wrong++, fprintf(stderr, "harness: slot %u (rank %d) ended in state %u, not finalized\n", i,
+                       s->world_rank, s->state);
+  }
+  if (claimed == 0) wrong++, fprintf(stderr, "harness: no slot was ever claimed\n");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    wrong++, fprintf(stderr, "harness: the job did not exit 0 after the agent's death (wait status 0x%x)\n",
+                     status);
+  if (wrong) return 96;
+  fprintf(stderr, "harness: after the agent's death all %d ranks resumed by themselves (agent gone) and the "
+          "job exited 0 %llu ms later\n", claimed, (unsigned long long)took);
+  return 0;
 }
 
 static void set_cmd(uint32_t epoch, uint32_t cmd) {
@@ -135,8 +306,9 @@ static uint64_t progress_sum(void) {
 
 int main(int argc, char **argv) {
   int cycles = 50, interval = 20, kill_after = -1, timeout_ms = 10000, slots = 16, min_done = 0, wait_ranks = 0;
+  int expect_reason = -1;
   int opt;
-  while ((opt = getopt(argc, argv, "+c:i:t:k:n:m:w:")) != -1) {
+  while ((opt = getopt(argc, argv, "+c:i:t:k:n:m:w:u:e:")) != -1) {
     if (opt == 'c') cycles = atoi(optarg);
     else if (opt == 'i') interval = atoi(optarg);
     else if (opt == 't') timeout_ms = atoi(optarg);
@@ -144,8 +316,14 @@ int main(int argc, char **argv) {
     else if (opt == 'n') slots = atoi(optarg);
     else if (opt == 'm') min_done = atoi(optarg);
     else if (opt == 'w') wait_ranks = atoi(optarg);
-    else return fprintf(stderr, "usage: shim_harness [-c N] [-i ms] [-t ms] [-k N] [-n slots] [-m min_completed] [-w ranks] -- mpirun ...\n"), 2;
+    else if (opt == 'u' && (expect_reason = parse_reason(optarg)) < 0)
+      return fprintf(stderr, "shim_harness: bad refusal reason '%s'\n", optarg), 2;
+    else if (opt == 'e') expect_text = optarg;
+    else if (opt != 'u')
+      return fprintf(stderr, "usage: shim_harness [-c N] [-i ms] [-t ms] [-k N] [-n slots] [-m min_completed] [-w ranks] [-u reason [-e text]] -- mpirun ...\n"), 2;
   }
+  if (kill_after >= 0 && (expect_reason >= 0 || expect_text))
+    return fprintf(stderr, "shim_harness: -k does not go with -u/-e\n"), 2;
   if (optind >= argc) return fprintf(stderr, "shim_harness: no command\n"), 2;
   snprintf(shm_name, sizeof shm_name, "/symbio-harness-%d", (int)getpid());
   uint32_t world = 64;
@@ -169,12 +347,34 @@ int main(int argc, char **argv) {
   strcpy(H->job_id, "harness");
   __atomic_store_n(&H->magic, SYMBIO_SEG_MAGIC, __ATOMIC_RELEASE);
 
+  death_watch *dw = NULL;
+  if (kill_after >= 0) {
+    /* the agent must really die: it is a child of ours, and the job, its
+       child, becomes ours when it does */
+    dw = mmap(NULL, sizeof *dw, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (dw == MAP_FAILED) return perror("mmap"), 2;
+    memset(dw, 0, sizeof *dw);
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) return perror("prctl"), 2;
+    pid_t agent = fork();
+    if (agent < 0) return perror("fork"), 2;
+    if (agent > 0) return observe_agent_death(agent, dw);
+    H->agent_pid = getpid();
+  }
+
   setenv("SYMBIO_SEGMENT", shm_name, 1);
+  int fds[2] = {-1, -1};
+  if (expect_text && pipe2(fds, O_CLOEXEC) != 0) return perror("pipe"), 2;
   pid_t child = fork();
   if (child == 0) {
+    if (expect_text) dup2(fds[1], 2);
     execvp(argv[optind], argv + optind);
     perror("exec");
     _exit(127);
+  }
+  if (dw) dw->job = child;
+  if (expect_text) {
+    close(fds[1]);
+    err_pipe = fds[0];
   }
   int status = 0;
   srand((unsigned)getpid());
@@ -189,7 +389,7 @@ int main(int argc, char **argv) {
     for (uint32_t i = 0; i < H->slot_count; i++)
       if (__atomic_load_n(&symbio_slot_at(H, i)->state, __ATOMIC_ACQUIRE) != SYMBIO_ST_EMPTY) attached++;
   }
-  int done = 0, aborted = 0, freezes = 0, bad = 0;
+  int done = 0, aborted = 0, freezes = 0, bad = 0, refused = 0, done_after_refusal = 0, held_refusing = 0;
   uint32_t epoch = 0;
   for (;;) {
     sleep_ms((unsigned)(interval / 2 + rand() % (interval + 1)));
@@ -203,6 +403,21 @@ int main(int argc, char **argv) {
       sleep_ms(1);
     if (r != 1) {
       aborted++;
+      if (r < 0 && strstr(why, "unsupported")) {
+        refused++;
+        /* -u: a rank that refuses must not hold either, even with HOLD on */
+        if (expect_reason >= 0) {
+          sleep_ms(20);
+          for (uint32_t i = 0; i < H->slot_count; i++) {
+            symbio_slot_fixed *s = symbio_slot_at(H, i);
+            uint32_t st = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
+            if ((s->flags & SYMBIO_F_UNSUPPORTED) && s->ack_epoch == epoch &&
+                (st == SYMBIO_ST_HELD || st == SYMBIO_ST_FROZEN))
+              held_refusing++, fprintf(stderr, "harness: cycle %u: slot %u holds although it refuses quiesce\n",
+                                       epoch, i);
+          }
+        }
+      }
       set_cmd(epoch, SYMBIO_CMD_RUN);
       fprintf(stderr, "harness: cycle %u aborted: %s\n", epoch, why);
       continue;
@@ -222,17 +437,29 @@ int main(int argc, char **argv) {
       /* the agent dies with ranks frozen: they must resume by themselves */
       fprintf(stderr, "harness: leaving ranks frozen and exiting (agent death)\n");
       fflush(stderr);
+      if (dw) dw->died_ms = now_ms(), dw->agent_died = 1;
       shm_unlink(shm_name);
       _exit(0);
     }
     set_cmd(epoch, SYMBIO_CMD_RUN);
     done++;
+    if (refused) done_after_refusal++;
   }
+  /* the rest of the job's stderr (ranks may outlive mpirun's exit by a hair) */
+  for (uint64_t t0 = now_ms(); err_pipe >= 0 && now_ms() - t0 < 2000;) pump(100);
+  if (expect_text) end_line();
   unsigned long long drained = 0;
   for (uint32_t i = 0; i < H->slot_count; i++) drained += symbio_slot_at(H, i)->drained_total;
   fprintf(stderr, "harness: %d cycles completed, %d aborted, %d bad, %llu messages drained\n", done,
           aborted, bad, drained);
   if (bad) return 99;
   if (done < min_done) return fprintf(stderr, "harness: fewer than %d cycles completed\n", min_done), 98;
+  if (expect_reason >= 0) {
+    int rc = check_refusal(expect_reason, refused, done_after_refusal, status);
+    if (held_refusing) return fprintf(stderr, "harness: %d time(s) a refusing rank held\n", held_refusing), 97;
+    return rc;
+  }
+  if (expect_text && expect_lines == 0)
+    return fprintf(stderr, "harness: no stderr line holds \"%s\"\n", expect_text), 97;
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
