@@ -12,6 +12,7 @@
  * destination, or cancel it.
  */
 import t from 'tap';
+import { guestMemoryHash } from '../helpers/guest-memory.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -80,13 +81,7 @@ async function startDst(spec: VmSpecInput = base()): Promise<QemuVm> {
   return track(await startDestination(spec, { log: quiet }));
 }
 
-async function payloadHash(vm: QemuVm): Promise<string> {
-  const file = join(dir, `pmem-${++seq}.bin`);
-  await vm.qmp.execute('pmemsave', { val: PAYLOAD_ADDR, size: PAYLOAD_BYTES, filename: file });
-  const h = createHash('sha256').update(readFileSync(file)).digest('hex');
-  rmSync(file);
-  return h;
-}
+const payloadHash = (vm: QemuVm): Promise<string> => guestMemoryHash(vm, PAYLOAD_ADDR, PAYLOAD_BYTES, join(dir, `pmem-${++seq}.bin`));
 /** Until the dirtier guest has booted and is dirtying (the first word of its region counts up). */
 async function dirtying(vm: QemuVm): Promise<void> {
   const file = join(dir, `probe-${++seq}.bin`);

@@ -7,6 +7,7 @@
  * is in test/vcluster/.
  */
 import t from 'tap';
+import { guestMemoryHash } from '../helpers/guest-memory.js';
 import { randomBytes, createHash } from 'node:crypto';
 import { mkdtempSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync, openSync, writeSync, closeSync, truncateSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -63,13 +64,7 @@ async function start(s: VmSpecInput): Promise<QemuVm> {
 const track = (vm: QemuVm) => (started.push(vm), vm);
 
 /** The guest's payload region, read back through QMP. */
-async function payloadHash(vm: QemuVm): Promise<string> {
-  const file = join(dir, `pmem-${++seq}.bin`);
-  await vm.qmp.execute('pmemsave', { val: PAYLOAD_ADDR, size: PAYLOAD_BYTES, filename: file });
-  const h = createHash('sha256').update(readFileSync(file)).digest('hex');
-  rmSync(file);
-  return h;
-}
+const payloadHash = (vm: QemuVm): Promise<string> => guestMemoryHash(vm, PAYLOAD_ADDR, PAYLOAD_BYTES, join(dir, `pmem-${++seq}.bin`));
 
 t.test('specs are validated, and the argv pins every device', async (t) => {
   t.throws(() => parseVmSpec({ name: 'x', memoryMiB: 64, qmpSocket: '/q', nics: [{ id: 'a', mac: '52:54:00:00:00:01', net: { type: 'user' }, addr: 3 }, { id: 'b', mac: '52:54:00:00:00:01', net: { type: 'user' }, addr: 3 }] }), {
