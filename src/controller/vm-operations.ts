@@ -61,6 +61,8 @@ interface PhasedOp {
   readonly id: string;
   result: unknown;
   to(phase: string): void;
+  /** Phases it may go to now. */
+  next(): readonly string[];
   note(detail: Record<string, unknown>): void;
   fail(err: unknown): void;
 }
@@ -216,7 +218,8 @@ export async function cooperativeMigrate(ctx: VmJobContext, op: PhasedOp, params
   } catch (err) {
     ctx.inFlight = null;
     op.fail(err);
-    op.to('rolling-back');
+    // a failure in resuming (the frozen-interval check) has no rolling-back phase: the ranks run already
+    if (op.next().includes('rolling-back')) op.to('rolling-back');
     const problems: string[] = [];
     // VMs that did not move run at the source; those that did stay where they are now
     const unmoved = moves.filter((m) => !moved.has(m.vm));
@@ -334,9 +337,9 @@ export async function coordinatedCheckpoint(ctx: VmJobContext, op: PhasedOp, tim
     return join(dir, JOB_MANIFEST);
   } catch (err) {
     op.fail(err);
-    op.to('rolling-back');
+    if (op.next().includes('rolling-back')) op.to('rolling-back');
     const problems: string[] = [];
-    // an incomplete checkpoint never has a job manifest; its files go
+    // an incomplete checkpoint never has a job manifest; its files go (so does one whose frozen interval did not hold)
     rmSync(dir, { recursive: true, force: true });
     if (paused) await ctx.backend.cont(ids).catch((e: Error) => problems.push(`continuing the VMs: ${e.message}`));
     if (quiesced && ctx.quiescer.operating) await resumeRanks(ctx, op).catch((e: Error) => problems.push(`resuming: ${e.message}`));

@@ -111,11 +111,14 @@ t.test('closing the controller while frozen: ranks run again at once, the job fi
     t.ok((await c.request({ job: jobId, kind: 'freeze', requestedBy: 'test' })).ok, 'frozen');
     const t0 = Date.now();
     await c.close();
-    while (agent.snapshot().ranks.some((r) => r.state === 'frozen' || r.state === 'held') && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 10));
+    const stopped = () => agent.snapshot().ranks.some((r) => r.state === 'frozen' || r.state === 'held');
+    while (stopped() && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 10));
     waited = Date.now() - t0;
+    t.notOk(stopped(), 'no rank is held or frozen any more');
     await t.rejects(c.request({ job: jobId, kind: 'freeze', requestedBy: 'test' }), /shutting down/, 'a closed controller takes no work');
   });
   t.equal(bodyError, null, String(bodyError));
-  t.ok(waited >= 0 && waited < 1_000, `ranks running ${waited} ms after close`);
+  // at once, not at the ranks' resume limit (60 s by default): a quarter of it is a margin a loaded 2-core machine keeps
+  t.ok(waited >= 0 && waited < 15_000, `ranks running ${waited} ms after close`);
   t.equal(exitCode, 0, 'halo2d checks its own result and exits 0 only when it is right');
 });

@@ -159,3 +159,19 @@ t.test('an operation that moved a VM: the new QEMU is watched, the old pid is no
   await run(f, 10_000, ['vm0', 'vm1']);
   t.same(f.failures, []);
 });
+
+t.test('the silence clock starts again after an operation: an agent silent through it gets the full limit afterwards', async (t) => {
+  const f = fixture(5_000);
+  await run(f, 1_000, ['vm0', 'vm1']);
+  f.busy = true;
+  // a checkpoint or restart: the guests are stopped, no heartbeat for 20 s
+  await run(f, 20_000, []);
+  f.busy = false;
+  // the agents take a moment to be heard again; less than the limit is no failure
+  await run(f, 4_750, []);
+  t.same(f.failures, [], 'silence during the operation does not count against the agents');
+  t.equal(f.qmpCalls, 0, 'QEMU was not even asked');
+  // still silent past the limit after the operation: now it is a lost guest
+  await run(f, 500, []);
+  t.match(f.failures, [{ kind: 'agent-lost', vm: 'vm0' }, { kind: 'agent-lost', vm: 'vm1' }]);
+});

@@ -148,11 +148,13 @@ t.test('controller dies while ranks are frozen: agents resume them at once', asy
   for (;;) {
     const states = agents.flatMap((a) => a.snapshot().ranks.map((r) => r.state));
     if (states.every((s) => s === 'running' || s === 'finalized')) break;
-    if (Date.now() - t0 > 10_000) break;
+    if (Date.now() - t0 > 30_000) break;
     await new Promise((res) => setTimeout(res, 20));
   }
   const waited = Date.now() - t0;
-  t.ok(waited < 2_000, `ranks running again ${waited} ms after the controller went away (resume limit is 60 s)`);
+  t.ok(agents.flatMap((a) => a.snapshot().ranks).every((r) => r.state === 'running' || r.state === 'finalized' || r.state === 'empty'), 'every rank runs again');
+  // at once, not at the agents' resume limit (60 s): a quarter of it is a margin a loaded 2-core machine keeps
+  t.ok(waited < 15_000, `ranks running again ${waited} ms after the controller went away (resume limit is 60 s)`);
   const r = await done;
   t.equal(r.code, 0, 'job finished');
   t.equal(r.stdout, plain.stdout, 'output identical to a plain run');

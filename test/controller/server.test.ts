@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { Controller } from '../../src/controller/controller.js';
+import type { JournalEvent } from '../../src/controller/journal.js';
 import { ControllerServer } from '../../src/controller/server.js';
 import { controllerRequest, type ControllerAddress } from '../../src/controller/client.js';
 import { logger } from '../../src/log.js';
@@ -22,6 +23,20 @@ log.level = 'silent';
 const dir = mkdtempSync(join(tmpdir(), 'symbio-server-'));
 chmodSync(dir, 0o755); // so that another user could reach the socket file if its mode allowed
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The controller's next journal event that matches (call it before the action that causes it). */
+function nextEvent(c: Controller, pred: (e: JournalEvent) => boolean, timeoutMs = 10_000): Promise<JournalEvent> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => (c.off('journal', on), reject(new Error(`no such journal event within ${timeoutMs} ms`))), timeoutMs);
+    const on = (e: JournalEvent): void => {
+      if (!pred(e)) return;
+      clearTimeout(timer);
+      c.off('journal', on);
+      resolve(e);
+    };
+    c.on('journal', on);
+  });
+}
 
 function controller(): Controller {
   return new Controller({ stateDir: join(dir, 'state'), whenBusy: 'queue', queueLimit: 2, quiesce: { timeoutMs: 2_000, stallMs: 500 }, log });
@@ -165,8 +180,9 @@ t.test('an agent that attaches and never answers: the operation fails, nothing s
   const s = connect(socket);
   t.teardown(() => s.destroy());
   await new Promise<void>((resolve) => s.on('connect', () => resolve()));
+  const attached = nextEvent(c, (e) => e.type === 'node-attached' && e.node === 'n1');
   s.write(JSON.stringify({ op: 'agent', job: 'mute', node: 'n1', register: { command: ['x'], np: 2 } }) + '\n');
-  await new Promise((r) => setTimeout(r, 100));
+  await attached;
   s.write('this is not JSON\n{"event":"nonsense"}\n'); // garbage from an agent is logged, not fatal
   const rec = await c.request({ job: 'mute', kind: 'freeze', requestedBy: 'test' });
   t.equal(rec.ok, false, 'freeze failed');
@@ -174,8 +190,9 @@ t.test('an agent that attaches and never answers: the operation fails, nothing s
   t.same(rec.phases.map((p) => p.name), ['quiescing', 'rolling-back'], 'and rolled back');
   const st = (await c.status('mute')) as { held: unknown };
   t.equal(st.held, null, 'the job is not left held');
+  const detached = nextEvent(c, (e) => e.type === 'node-detached' && e.node === 'n1');
   s.destroy();
-  await new Promise((r) => setTimeout(r, 100));
+  await detached;
   const gone = await c.request({ job: 'mute', kind: 'freeze', requestedBy: 'test' });
   t.match(gone.error, /no agent attached/, 'with its agent gone, a quiesce is refused with the reason');
 });
@@ -191,8 +208,9 @@ t.test('an agent that reconnects replaces its old link; the old connection closi
     await new Promise<void>((resolve) => s.on('connect', () => resolve()));
     s.on('error', () => undefined);
     s.resume(); // read (and drop) what comes, so that the end of the connection is seen
+    const attached = nextEvent(c, (e) => e.type === 'node-attached' && e.node === 'n1');
     s.write(JSON.stringify({ op: 'agent', job: 'again', node: 'n1', ...(register ? { register: { command: ['x'], np: 1 } } : {}) }) + '\n');
-    await new Promise((r) => setTimeout(r, 100));
+    await attached;
     return s;
   };
   const first = await attach(true);

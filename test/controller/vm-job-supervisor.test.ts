@@ -84,8 +84,9 @@ t.test('a dead QEMU and the signals that follow it: one action, host down, later
   s.sup.start();
   const gen = s.sup.generation;
   s.dead.add(11);
-  // while it is dealt with, ranks in vm0 die and mpirun gives up: signals of the job's previous life
-  await new Promise((r) => setTimeout(r, 150));
+  // while it is dealt with (the policy was asked, its action takes 300 ms), ranks in vm0 die and mpirun gives up: signals of the job's previous life
+  for (const t0 = Date.now(); s.asked.length === 0 && Date.now() - t0 < 10_000; ) await new Promise((r) => setTimeout(r, 5));
+  t.equal(s.asked.length, 1, 'the dead QEMU is being dealt with');
   void s.sup.report({ kind: 'rank-dead', job: s.job, vm: 'vm0', message: 'rank 0 exited without finalizing', at: Date.now() });
   const verdict = s.sup.settleExit(1, gen);
   t.equal(await verdict, 'superseded', 'the exit belongs to the life before the restart');
