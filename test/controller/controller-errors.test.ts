@@ -6,7 +6,7 @@
  *
  * Stand-ins, and why:
  *  - a node that reports one rank as having made an MPI call while frozen
- *    (TamperingNode, for the failed frozen-interval check): the shim makes
+ *    (FrozenCheckNode, for the failed frozen-interval check): the shim makes
  *    exactly that impossible for a real rank, and a rank killed while
  *    frozen does not fail the check (a dead rank moved nothing).
  *  - a JobVmBackend with only list()/freePlaces() (for the placement
@@ -22,12 +22,9 @@ import type { JobVmBackend } from '../../src/controller/vm-backend.js';
 import type { GuestAgentLink } from '../../src/controller/guest-agent-link.js';
 import { readEvents } from '../../src/controller/journal.js';
 import type { OperationSummary } from '../../src/controller/operation.js';
-import { NodeAgent } from '../../src/agent/node-agent.js';
-import type { ParticipantReport, QuiesceParticipant } from '../../src/quiesce/job-quiescer.js';
-import type { CatchupTarget } from '../../src/quiesce/snapshot.js';
-import { nativeArtifact } from '../../src/util/package-root.js';
 import { logger } from '../../src/log.js';
-import { mpiCommon, prog, start } from '../helpers/mpi.js';
+import type { NodeAgent } from '../../src/agent/node-agent.js';
+import { FrozenCheckNode, twoNodeJob } from '../helpers/two-node-job.js';
 
 const log = logger.child({ test: 'controller-errors' });
 log.level = process.env.SYMBIO_TEST_LOG ?? 'silent';
@@ -35,59 +32,11 @@ log.level = process.env.SYMBIO_TEST_LOG ?? 'silent';
 const dir = mkdtempSync(join(tmpdir(), 'symbio-ctl-err-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
-const WRAPPER =
-  'r=$OMPI_COMM_WORLD_RANK; if [ "$r" -lt 2 ]; then SYMBIO_SEGMENT=$SEG_A; else SYMBIO_SEGMENT=$SEG_B; fi; ' +
-  'SYMBIO_SLOT=$((r % 2)); export SYMBIO_SEGMENT SYMBIO_SLOT; exec "$0" "$@"';
-
-/** A node as the controller sees it: the real NodeAgent, optionally lying about the frozen interval (see the header). */
-class TamperingNode implements QuiesceParticipant {
-  moveWhileFrozen = false;
-  constructor(readonly agent: NodeAgent) {}
-  get node(): string {
-    return this.agent.node;
-  }
-  async report(): Promise<ParticipantReport> {
-    const r = await this.agent.report();
-    if (!this.moveWhileFrozen || r.snapshot.command !== 'freeze') return r;
-    const [first, ...rest] = r.snapshot.ranks;
-    return { ...r, snapshot: { ...r.snapshot, ranks: [{ ...first!, pmpiCalls: first!.pmpiCalls + 1 }, ...rest] } };
-  }
-  hold(epoch: number): Promise<number> {
-    return this.agent.hold(epoch);
-  }
-  freeze(): Promise<number> {
-    return this.agent.freeze();
-  }
-  resume(): Promise<number> {
-    return this.agent.resume();
-  }
-  setCatchup(slot: number, epoch: number, targets: readonly CatchupTarget[]): Promise<void> {
-    return this.agent.setCatchup(slot, epoch, targets);
-  }
-  subscribe(l: () => void): () => void {
-    return this.agent.subscribe(l);
-  }
-}
-
 const states = (agents: NodeAgent[]) => agents.flatMap((a) => a.snapshot().ranks.filter((r) => r.state !== 'empty').map((r) => r.state));
 
 t.test('on one running job', async (t) => {
   const name = `ctlerr-${process.pid}`;
-  const agents = ['a', 'b'].map(
-    (node) => new NodeAgent({ jobId: name, node, slots: 2, worldSize: 4, resumeTimeoutMs: 60_000, stallMs: 3_000, log, segmentName: `/symbio-ctlerr-${process.pid}-${node}` }),
-  );
-  const { child, done } = start('mpirun', [
-    ...mpiCommon, '-np', '4',
-    '-x', `LD_PRELOAD=${nativeArtifact('libsymbio-shim.so')}`,
-    '-x', `SEG_A=${agents[0]!.segmentName}`, '-x', `SEG_B=${agents[1]!.segmentName}`,
-    '/bin/sh', '-c', WRAPPER, prog('halo2d'), '10000000',
-  ]);
-  t.teardown(async () => {
-    child.kill('SIGTERM');
-    await done;
-    agents.forEach((a) => a.close());
-  });
-  await Promise.all(agents.map((a) => a.waitForRanks(2, 60_000)));
+  const { agents } = await twoNodeJob(t, { name, nodes: ['a', 'b'], log });
 
   let seq = 0;
   const controllerWith = (tt: { teardown(fn: () => unknown): void }) => {
@@ -95,7 +44,7 @@ t.test('on one running job', async (t) => {
     const c = new Controller({ stateDir: join(dir, 'state'), whenBusy: 'queue', queueLimit: 4, quiesce: { timeoutMs: 20_000, stallMs: 3_000 }, log });
     tt.teardown(() => c.close());
     c.registerJob({ id: job, command: ['mpirun', 'halo2d'], np: 4 });
-    const nodes = agents.map((a) => new TamperingNode(a));
+    const nodes = agents.map((a) => new FrozenCheckNode(a));
     return { c, job, nodes };
   };
 
@@ -138,7 +87,7 @@ t.test('on one running job', async (t) => {
     const { c, job, nodes } = controllerWith(t);
     c.attachNode(job, nodes[0]!);
     c.attachNode(job, nodes[1]!);
-    const late = new TamperingNode(agents[1]!);
+    const late = new FrozenCheckNode(agents[1]!);
     let refused: unknown = null;
     const f = await c.request({
       job, kind: 'freeze', requestedBy: 'test',

@@ -31,12 +31,9 @@ import type { GuestAgentLink } from '../../src/controller/guest-agent-link.js';
 import type { MigrationOptionsInput, MigrationProgress, MigrationResult } from '../../src/hypervisor/qemu/migration.js';
 import type { VmCheckpointManifest } from '../../src/hypervisor/qemu/checkpoint.js';
 import { NodeAgent } from '../../src/agent/node-agent.js';
-import type { ParticipantReport, QuiesceParticipant } from '../../src/quiesce/job-quiescer.js';
-import type { CatchupTarget } from '../../src/quiesce/snapshot.js';
 import type { OperationSummary } from '../../src/controller/operation.js';
-import { nativeArtifact } from '../../src/util/package-root.js';
 import { logger } from '../../src/log.js';
-import { mpiCommon, prog, start } from '../helpers/mpi.js';
+import { FrozenCheckNode, twoNodeJob } from '../helpers/two-node-job.js';
 
 const log = logger.child({ test: 'vm-operations-errors' });
 log.level = process.env.SYMBIO_TEST_LOG ?? 'silent';
@@ -46,29 +43,8 @@ t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
 // ---------------------------------------------------------------- the real job
 
-const WRAPPER =
-  'r=$OMPI_COMM_WORLD_RANK; if [ "$r" -lt 2 ]; then SYMBIO_SEGMENT=$SEG_A; else SYMBIO_SEGMENT=$SEG_B; fi; ' +
-  'SYMBIO_SLOT=$((r % 2)); export SYMBIO_SEGMENT SYMBIO_SLOT; exec "$0" "$@"';
-
 /** halo2d over two NodeAgents ("vm0" holds ranks 0-1, "vm1" ranks 2-3); long enough for every test, killed at the end. */
-async function mpiJob(tt: { teardown(fn: () => unknown): void }, name: string) {
-  const agents = ['vm0', 'vm1'].map(
-    (node) => new NodeAgent({ jobId: name, node, slots: 2, worldSize: 4, resumeTimeoutMs: 60_000, stallMs: 3_000, log, segmentName: `/symbio-vmerr-${name}-${node}` }),
-  );
-  const { child, done } = start('mpirun', [
-    ...mpiCommon, '-np', '4',
-    '-x', `LD_PRELOAD=${nativeArtifact('libsymbio-shim.so')}`,
-    '-x', `SEG_A=${agents[0]!.segmentName}`, '-x', `SEG_B=${agents[1]!.segmentName}`,
-    '/bin/sh', '-c', WRAPPER, prog('halo2d'), '10000000',
-  ]);
-  tt.teardown(async () => {
-    child.kill('SIGTERM');
-    await done;
-    agents.forEach((a) => a.close());
-  });
-  await Promise.all(agents.map((a) => a.waitForRanks(2, 60_000)));
-  return { agents, done };
-}
+const mpiJob = (tt: { teardown(fn: () => unknown): void }, name: string) => twoNodeJob(tt, { name: `vmerr-${name}`, nodes: ['vm0', 'vm1'], log });
 
 /** Every rank of the job runs (not held, not frozen). */
 function allRunning(agents: NodeAgent[]): string[] {
@@ -78,37 +54,10 @@ function allRunning(agents: NodeAgent[]): string[] {
 // ---------------------------------------------------------------- stand-ins
 
 /** Stand-in for GuestAgentLink (see the header): quiesce calls go to the real NodeAgent. */
-class VmLink implements QuiesceParticipant {
+class VmLink extends FrozenCheckNode {
   reattached = 0;
   readonly network: string[] = [];
   failNetwork: Error | null = null;
-  /** Report the first rank with one MPI call more while frozen (see the header). */
-  moveWhileFrozen = false;
-  constructor(readonly agent: NodeAgent) {}
-  get node(): string {
-    return this.agent.node;
-  }
-  async report(): Promise<ParticipantReport> {
-    const r = await this.agent.report();
-    if (!this.moveWhileFrozen || r.snapshot.command !== 'freeze') return r;
-    const [first, ...rest] = r.snapshot.ranks;
-    return { ...r, snapshot: { ...r.snapshot, ranks: [{ ...first!, pmpiCalls: first!.pmpiCalls + 1 }, ...rest] } };
-  }
-  hold(epoch: number): Promise<number> {
-    return this.agent.hold(epoch);
-  }
-  freeze(): Promise<number> {
-    return this.agent.freeze();
-  }
-  resume(): Promise<number> {
-    return this.agent.resume();
-  }
-  setCatchup(slot: number, epoch: number, targets: readonly CatchupTarget[]): Promise<void> {
-    return this.agent.setCatchup(slot, epoch, targets);
-  }
-  subscribe(l: () => void): () => void {
-    return this.agent.subscribe(l);
-  }
   reattach(): void {
     this.reattached++;
   }
