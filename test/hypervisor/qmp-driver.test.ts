@@ -290,6 +290,12 @@ t.test('checkpoint through a descriptor QEMU writes itself, and through the sock
     const m = await checkpointVm(vm, ck, { log: c.log, via });
     const written = c.lines.find((l) => l.msg === 'checkpoint written');
     t.equal(written?.via, via, `the state went through the ${via === 'fd' ? 'descriptor' : 'socket'}`);
+    if (via === 'fd') {
+      // QEMU 9.0+ migrates to file:/dev/fdset/N; fd: for a file is deprecated from 9.1 and warns
+      const v = (await vm.qmp.queryVersion()).qemu;
+      t.match(written?.uri, v.major >= 9 ? /^file:\/dev\/fdset\/\d+$/ : /^fd:/, `QEMU ${v.major}.${v.minor} migrated to ${String(written?.uri)}`);
+      t.notMatch(vm.stderr, /deprecated/, 'and QEMU warned of nothing deprecated');
+    }
     t.notOk(c.lines.some((l) => l.level === 40), 'no fallback warning');
     const statePath = join(ck, stateFileName('drv'));
     t.equal(m.stateBytes, statSync(statePath).size);
@@ -304,16 +310,20 @@ t.test('checkpoint through a descriptor QEMU writes itself, and through the sock
     await r.vm.kill();
   }
 
-  // QEMU refuses the descriptor (here: the client is made to fail getfd): the socket takes over
+  // QEMU refuses the descriptor (here: the client is made to fail getfd and add-fd, whichever this QEMU's
+  // version uses; a real QEMU refuses only without SCM_RIGHTS): the socket takes over
   const ck = join(dir, 'ckpt-fallback');
   mkdirSync(ck);
   const c = capturingLogger();
   const getfd = vm.qmp.getfd.bind(vm.qmp);
+  const addFd = vm.qmp.addFd.bind(vm.qmp);
   vm.qmp.getfd = () => Promise.reject(new QmpError('getfd', 'GenericError', 'No file descriptor supplied via SCM_RIGHTS'));
+  vm.qmp.addFd = () => Promise.reject(new QmpError('add-fd', 'GenericError', 'No file descriptor supplied via SCM_RIGHTS'));
   try {
     await checkpointVm(vm, ck, { log: c.log });
   } finally {
     vm.qmp.getfd = getfd;
+    vm.qmp.addFd = addFd;
   }
   t.match(c.lines.find((l) => l.level === 40)?.msg, /streaming the state through a socket instead/);
   t.equal(c.lines.find((l) => l.msg === 'checkpoint written')?.via, 'socket');

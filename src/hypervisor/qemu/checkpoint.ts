@@ -1,12 +1,12 @@
 /**
  * Checkpoint a VM to a file, and restore it from one.
  *
- * The state is QEMU's migration stream. QEMU 7.2 has no `file:` migration
- * URI (8.2 added it), but every version migrates to any descriptor it holds
- * (`migrate fd:NAME`), so symbio uses that on all of them: symbio
- * opens the state file, hands QEMU a descriptor of it over the QMP socket
- * (SCM_RIGHTS, through the addon; QMP `getfd`), and QEMU writes the file
- * itself. Meanwhile symbio reads the growing file back from the page cache
+ * The state is QEMU's migration stream, and QEMU writes the file itself:
+ * symbio opens the state file and hands QEMU a descriptor of it over the QMP
+ * socket (SCM_RIGHTS, through the addon). From QEMU 9.0 the descriptor goes
+ * into an fd set (`add-fd`) and QEMU migrates to `file:/dev/fdset/N`;
+ * before 9.0 (7.2 has no `file:` URI at all) it is named with `getfd` and
+ * QEMU migrates to `fd:NAME`, which 9.1 deprecates for files. Meanwhile symbio reads the growing file back from the page cache
  * to hash it (the manifest's sha256) and fdatasyncs it again and again, so
  * hashing and the disk's writes overlap QEMU's stream and the final fsync
  * has little left (followWrites). The guest is stopped only for the
@@ -27,7 +27,7 @@
  * state file.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, createWriteStream, fdatasync, fstatSync, fsync, mkdtempSync, openSync, read, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { closeSync, constants as fsConstants, createReadStream, createWriteStream, fdatasync, fstatSync, fsync, mkdtempSync, openSync, read, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -134,6 +134,38 @@ interface Saved {
   sha256: string;
   /** which way the bytes went */
   via: 'fd' | 'socket';
+  /** the URI QEMU migrated to, for `fd`: `file:/dev/fdset/N` (QEMU 9.0+) or `fd:NAME` */
+  uri?: string;
+}
+
+/** QEMU migrates to `file:/dev/fdset/N` from 9.0 on (9.1 deprecates `fd:` for files). */
+const fileUriSince = { major: 9, minor: 0 };
+
+interface QemuVersionNumbers {
+  readonly major: number;
+  readonly minor: number;
+}
+
+/**
+ * Give QEMU the state file to migrate into: the URI to migrate to and how to
+ * drop QEMU's hold of the file afterwards (or if `migrate` never takes it).
+ */
+async function handOverStateFile(vm: QemuVm, path: string, fd: number, qemu: QemuVersionNumbers): Promise<{ uri: string; release: () => Promise<void> }> {
+  if (qemu.major > fileUriSince.major || (qemu.major === fileUriSince.major && qemu.minor >= fileUriSince.minor)) {
+    // QEMU opens /dev/fdset/N write-only and dups the set's descriptor of that access mode: give it one
+    const wfd = openSync(path, fsConstants.O_WRONLY);
+    try {
+      const set = await vm.qmp.addFd(wfd);
+      return { uri: `file:/dev/fdset/${set.fdsetId}`, release: () => vm.qmp.removeFdset(set.fdsetId).catch(() => undefined) };
+    } finally {
+      closeSync(wfd); // QEMU holds its own copy now
+    }
+  }
+  const name = `symbio-checkpoint-${process.pid}-${++fdNames}`;
+  await vm.qmp.getfd(name, fd);
+  // `migrate` takes the descriptor from QEMU's list when it starts; if it never
+  // gets that far, drop it (QEMU holds an open file otherwise)
+  return { uri: `fd:${name}`, release: () => vm.qmp.execute('closefd', { fdname: name }).then(() => undefined, () => undefined) };
 }
 
 /** When each phase of a save ended, ms after it began (logged: where the time goes). */
@@ -257,15 +289,15 @@ export async function followWrites(fd: number, writer: Promise<unknown>, mark: (
  * over QMP; null (and no file) when QEMU could not be handed one, so the
  * caller can take the socket way instead.
  */
-async function saveThroughFd(vm: QemuVm, path: string, opts: MigrationOptions, log: Logger, mark: (phase: string) => void, stop: () => Promise<void>): Promise<Saved | null> {
+async function saveThroughFd(vm: QemuVm, path: string, qemu: QemuVersionNumbers, opts: MigrationOptions, log: Logger, mark: (phase: string) => void, stop: () => Promise<void>): Promise<Saved | null> {
   // read and write: QEMU writes through its descriptor (sequentially, on the
   // shared file offset), symbio reads with positioned reads through this one
   const fd = openSync(path, 'wx+', 0o600);
   let open = true;
   try {
-    const name = `symbio-checkpoint-${process.pid}-${++fdNames}`;
+    let target: { uri: string; release: () => Promise<void> };
     try {
-      await vm.qmp.getfd(name, fd);
+      target = await handOverStateFile(vm, path, fd, qemu);
     } catch (err) {
       // QEMU gone or not answering: the socket would not do better
       if (err instanceof QmpConnectionError || err instanceof QmpTimeoutError) throw err;
@@ -277,12 +309,12 @@ async function saveThroughFd(vm: QemuVm, path: string, opts: MigrationOptions, l
     }
     mark('getfd');
     await stop();
-    // `migrate` takes the descriptor from QEMU's list when it starts; if it never
-    // gets that far, drop it (QEMU holds an open file otherwise)
-    const migration = runOutgoingMigration(vm, `fd:${name}`, opts, { log });
-    migration.then(
-      () => mark('qemu'),
-      () => vm.qmp.execute('closefd', { fdname: name }).catch(() => undefined),
+    const migration = runOutgoingMigration(vm, target.uri, opts, { log });
+    migration.then(() => mark('qemu'), () => undefined);
+    // QEMU keeps the file open until its fd set is removed (file:) or while fd:NAME was never taken
+    const released = migration.then(
+      () => (target.uri.startsWith('file:') ? target.release() : undefined),
+      () => target.release(),
     );
     let hashed: { bytes: number; sha256: string };
     try {
@@ -294,7 +326,8 @@ async function saveThroughFd(vm: QemuVm, path: string, opts: MigrationOptions, l
       throw err;
     }
     await migration;
-    return { ...hashed, via: 'fd' };
+    await released;
+    return { ...hashed, via: 'fd', uri: target.uri };
   } finally {
     if (open) closeSync(fd);
   }
@@ -380,7 +413,7 @@ export async function checkpointVm(vm: QemuVm, dir: string, o: CheckpointOptions
     mark('prepared');
     rmSync(tmpState, { force: true }); // a leftover of a crashed save of the same pid
     const saved =
-      (o.via !== 'socket' ? await saveThroughFd(vm, tmpState, opts, log, mark, stop) : null) ?? (await saveThroughSocket(vm, tmpState, opts, log, mark, stop, o.connectTimeoutMs ?? 10_000));
+      (o.via !== 'socket' ? await saveThroughFd(vm, tmpState, version.qemu, opts, log, mark, stop) : null) ?? (await saveThroughSocket(vm, tmpState, opts, log, mark, stop, o.connectTimeoutMs ?? 10_000));
     renameSync(tmpState, statePath);
     mark('renamed');
     const saveMs = performance.now() - t0;
@@ -402,7 +435,7 @@ export async function checkpointVm(vm: QemuVm, dir: string, o: CheckpointOptions
     writeFileAtomic(join(dir, manifestFileName(vm.name)), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600, durable: true });
     fsyncPath(dir);
     mark('manifest');
-    log.info({ bytes: saved.bytes, via: saved.via, ms: Math.round(saveMs), MiBps: Math.round(saved.bytes / 2 ** 20 / (saveMs / 1000)), marks }, 'checkpoint written');
+    log.info({ bytes: saved.bytes, via: saved.via, uri: saved.uri, ms: Math.round(saveMs), MiBps: Math.round(saved.bytes / 2 ** 20 / (saveMs / 1000)), marks }, 'checkpoint written');
     return manifest;
   } catch (err) {
     rmSync(tmpState, { force: true });

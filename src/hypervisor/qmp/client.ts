@@ -181,16 +181,38 @@ export class QmpClient {
    * time (QEMU keeps one received descriptor at a time).
    */
   async getfd(name: string, fd: number, o?: ExecuteOptions): Promise<void> {
+    await this.#passFd(fd, 'getfd', name, o, () => this.execute('getfd', { fdname: name }, o));
+  }
+
+  /** Send `fd` by SCM_RIGHTS, then run `command`, which takes it; one at a time per client (QEMU keeps one received descriptor). */
+  #passFd<T>(fd: number, command: string, what: string, o: ExecuteOptions | undefined, take: () => Promise<T>): Promise<T> {
     const run = this.#fdPassing.then(async () => {
       await this.#writesFlushed(o?.timeoutMs ?? this.#commandTimeoutMs);
       const sock = socketFd(this.#socket);
-      if (sock === undefined || this.#conn.closed) throw new QmpConnectionError(`cannot pass a file descriptor for getfd ${name}: the QMP connection is closed`, 'getfd');
-      // synchronous: no other write can come between the descriptor and its getfd
+      if (sock === undefined || this.#conn.closed) throw new QmpConnectionError(`cannot pass a file descriptor for ${command} ${what}: the QMP connection is closed`, command);
+      // synchronous: no other write can come between the descriptor and the command that takes it
       sendFd(sock, fd, Buffer.from('\n'));
-      await this.execute('getfd', { fdname: name }, o);
+      return take();
     });
     this.#fdPassing = run.catch(() => undefined);
     return run;
+  }
+
+  /**
+   * Add a descriptor to a new fd set (QMP `add-fd`), for commands that open
+   * `/dev/fdset/ID` (the `file:` migration URI, QEMU 9.0+ for migration).
+   * Passed the way `getfd` passes it; QEMU dups it when the path is opened
+   * with the same access mode (O_ACCMODE) the descriptor has. `removeFdset`
+   * drops the set again.
+   */
+  async addFd(fd: number, o?: ExecuteOptions): Promise<{ fdsetId: number; fd: number }> {
+    const r = (await this.#passFd(fd, 'add-fd', 'to a new fd set', o, () => this.execute('add-fd', {}, o))) as { 'fdset-id': number; fd: number };
+    return { fdsetId: r['fdset-id'], fd: r.fd };
+  }
+
+  /** Drop an fd set made by `addFd` (QEMU closes its descriptors once nothing uses them). */
+  async removeFdset(fdsetId: number, o?: ExecuteOptions): Promise<void> {
+    await this.execute('remove-fd', { 'fdset-id': fdsetId }, o);
   }
 
   /** Until every command written to the socket has left Node (so raw bytes can follow). */
