@@ -11,7 +11,7 @@
  */
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -178,6 +178,22 @@ if (!qemuVersion) {
     await slow.return();
 
     await t.rejects(client.waitForEvent('SHUTDOWN', undefined, 100), QmpTimeoutError, 'waitForEvent times out');
+  });
+
+  t.test('descriptors passed by SCM_RIGHTS: getfd names one, add-fd puts one in an fd set, remove-fd drops the set', async (t) => {
+    const { client } = await qemuWithClient(t);
+    const file = join(dir, 'passed.bin');
+    const fd = openSync(file, 'w');
+    t.teardown(() => closeSync(fd));
+    await client.getfd('named', fd);
+    await client.execute('closefd', { fdname: 'named' });
+    await t.rejects(client.execute('closefd', { fdname: 'named' }), QmpError, 'QEMU held it under that name until closefd');
+    const set = await client.addFd(fd);
+    const sets = (await client.execute('query-fdsets')) as { 'fdset-id': number; fds: { fd: number }[] }[];
+    t.same(sets.find((s) => s['fdset-id'] === set.fdsetId)?.fds.map((f) => f.fd), [set.fd], `QEMU holds descriptor ${set.fd} in fd set ${set.fdsetId}`);
+    await client.removeFdset(set.fdsetId);
+    const after = (await client.execute('query-fdsets')) as { 'fdset-id': number }[];
+    t.notOk(after.some((s) => s['fdset-id'] === set.fdsetId), 'and none after remove-fd');
   });
 
   t.test('a command timeout: the late reply is dropped, not given to the next command', async (t) => {
