@@ -218,4 +218,4 @@ export function createCommandMonitor(opts: CommandOptions, deps: MonitorDeps = {
   };
 }
 
-export default monitorPlugin(NAME, commandOptionsSchema, createCommandMonitor);
+export default monitorPlugin(NAME, 'a number from a file or a command against thresholds, with a lead time from its trend', commandOptionsSchema, createCommandMonitor);

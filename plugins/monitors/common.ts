@@ -419,12 +419,13 @@ export function fmt(n: number, digits = 1): string {
  * A monitor as a plugin: every built-in monitor is a `create...Monitor(options,
  * deps)` (what tests drive with a fake clock) wrapped the same way.
  */
-export function monitorPlugin<S extends z.ZodType>(name: string, configSchema: S, create: (options: z.output<S>, deps: MonitorDeps) => Monitor) {
+export function monitorPlugin<S extends z.ZodType>(name: string, description: string, configSchema: S, create: (options: z.output<S>, deps: MonitorDeps) => Monitor) {
   return definePlugin({
     name,
     version: '1.0.0',
     apiVersion: PLUGIN_API_VERSION,
     kind: 'health-monitor',
+    description,
     configSchema,
     setup(ctx) {
       const m = create(ctx.options, { log: ctx.log, signal: ctx.signal });

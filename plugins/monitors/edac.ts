@@ -300,4 +300,4 @@ export function createEdacMonitor(opts: EdacOptions, deps: MonitorDeps = {}): Mo
   };
 }
 
-export default monitorPlugin(NAME, edacOptionsSchema, createEdacMonitor);
+export default monitorPlugin(NAME, 'EDAC memory errors: uncorrectable at once, correctable by their rate, with a lead time', edacOptionsSchema, createEdacMonitor);

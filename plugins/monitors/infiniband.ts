@@ -266,4 +266,4 @@ export function createInfinibandMonitor(opts: InfinibandOptions, deps: MonitorDe
   };
 }
 
-export default monitorPlugin(NAME, infinibandOptionsSchema, createInfinibandMonitor);
+export default monitorPlugin(NAME, 'InfiniBand ports: down ports, link flaps and error-counter rates', infinibandOptionsSchema, createInfinibandMonitor);

@@ -319,4 +319,4 @@ export function createIpmiMonitor(opts: IpmiOptions, deps: MonitorDeps = {}): Mo
   };
 }
 
-export default monitorPlugin(NAME, ipmiOptionsSchema, createIpmiMonitor);
+export default monitorPlugin(NAME, 'the BMC through ipmitool: sensor thresholds and new System Event Log entries', ipmiOptionsSchema, createIpmiMonitor);

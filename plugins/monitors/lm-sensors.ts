@@ -202,4 +202,4 @@ export function createLmSensorsMonitor(opts: LmSensorsOptions, deps: MonitorDeps
   };
 }
 
-export default monitorPlugin(NAME, lmSensorsOptionsSchema, createLmSensorsMonitor);
+export default monitorPlugin(NAME, 'lm-sensors: temperatures (with a lead time to crit), fans and voltages out of range', lmSensorsOptionsSchema, createLmSensorsMonitor);

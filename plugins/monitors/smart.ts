@@ -330,4 +330,4 @@ export function createSmartMonitor(opts: SmartOptions, deps: MonitorDeps = {}): 
   };
 }
 
-export default monitorPlugin(NAME, smartOptionsSchema, createSmartMonitor);
+export default monitorPlugin(NAME, 'disks through smartctl: failed health, growing bad-sector or media-error counts, wear', smartOptionsSchema, createSmartMonitor);

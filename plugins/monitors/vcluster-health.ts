@@ -53,4 +53,4 @@ export function createVclusterHealthMonitor(o: VclusterHealthOptions, deps: Moni
   };
 }
 
-export default monitorPlugin(NAME, optionsSchema, createVclusterHealthMonitor);
+export default monitorPlugin(NAME, "the simulated health of a local virtual cluster's slots (symbio vcluster health)", optionsSchema, createVclusterHealthMonitor);

@@ -179,6 +179,7 @@ export default definePlugin({
   version: '1.0.0',
   apiVersion: PLUGIN_API_VERSION,
   kind: 'policy',
+  description: 'when a host is predicted to fail, migrate its VMs away in time, else checkpoint',
   configSchema,
   setup(ctx) {
     const decideOnHealth = (event: HealthEvent, view: ClusterView): Decision | null => {

@@ -112,6 +112,7 @@ export default definePlugin({
   version: '1.0.0',
   apiVersion: PLUGIN_API_VERSION,
   kind: 'policy',
+  description: 'checkpoint each job at the Young/Daly interval for its checkpoint cost and the MTBF',
   configSchema,
   setup(ctx) {
     const o = ctx.options;

@@ -150,6 +150,7 @@ export default definePlugin({
   version: '1.0.0',
   apiVersion: PLUGIN_API_VERSION,
   kind: 'policy',
+  description: 'restart a failed job from its last good checkpoint, onto spare hosts',
   configSchema,
   setup(ctx) {
     const history = new Map<string, RestartHistory>();

@@ -18,6 +18,7 @@ import { listJobs } from '../agent/runtime-dir.js';
 import { ConfigError, loadConfig, readTokenFile } from '../config/load.js';
 import { PluginLoadError } from '../host/plugin-driver.js';
 import { startPlugins } from '../host/start-plugins.js';
+import { formatBuiltinPlugins, listBuiltinPlugins } from '../host/builtin-plugins.js';
 import { startStandaloneController } from '../controller/standalone.js';
 import { defaultStateDir } from '../controller/journal.js';
 import { logger } from '../log.js';
@@ -322,6 +323,15 @@ function program(): Command {
           ? table(['NAME', 'VERSION', 'KIND', 'FROM'], r.plugins.map((x) => [x.name, x.version, x.kind, x.spec]))
           : `no plugins configured (${r.source ?? 'embedded defaults'})`,
       );
+    });
+
+  plugins
+    .command('builtin')
+    .description('the plugins that ship with symbio: what each does, its `use:` name and its options with their defaults')
+    .option('--json', 'print the result as JSON')
+    .action(async (o) => {
+      const list = await listBuiltinPlugins();
+      print(o.json, list, () => formatBuiltinPlugins(list));
     });
 
   const cfgCmd = p.command('config').description('configuration');

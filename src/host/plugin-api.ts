@@ -213,6 +213,8 @@ export interface PluginDefinition<Schema extends z.ZodType = z.ZodType, Hooks ex
   readonly version: string;
   readonly apiVersion: number;
   readonly kind: PluginKind;
+  /** One line on what it does, for `symbio plugins builtin` and similar listings. */
+  readonly description?: string;
   /** zod schema of the plugin's options; unknown keys are errors (use strict objects). */
   readonly configSchema: Schema;
   readonly failurePolicy?: FailurePolicy;

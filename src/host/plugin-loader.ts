@@ -49,12 +49,13 @@ const PLUGIN_KINDS = ['policy', 'health-monitor', 'hypervisor-driver'] as const;
 const fn = (what: string) => z.custom<(...args: never[]) => unknown>((v) => typeof v === 'function', { error: `expected ${what}` });
 
 /** What a module's export must look like to be used as a plugin (extra fields are allowed). */
-const pluginShape = z.object(
+export const pluginShape = z.object(
   {
     name: z.string({ error: 'expected a non-empty string' }).min(1, { error: 'expected a non-empty string' }),
     version: z.string({ error: 'expected a version string' }).min(1, { error: 'expected a version string' }),
     apiVersion: z.number({ error: 'expected the plugin API version number' }).int({ error: 'expected the plugin API version number' }),
     kind: z.enum(PLUGIN_KINDS, { error: `expected one of ${PLUGIN_KINDS.join(', ')}` }),
+    description: z.string({ error: 'expected a one-line description' }).optional(),
     configSchema: z.custom<z.ZodType>(
       (v) => v !== null && typeof v === 'object' && typeof (v as { safeParse?: unknown }).safeParse === 'function',
       { error: 'expected a zod schema (an object with safeParse)' },
