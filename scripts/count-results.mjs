@@ -55,8 +55,8 @@ try {
   const parsed = JSON.parse(readFileSync(allowPath, 'utf8'));
   if (!Array.isArray(parsed.allowed)) throw new Error('no "allowed" array');
   for (const [i, e] of parsed.allowed.entries()) {
-    if (typeof e.file !== 'string' || typeof e.test !== 'string' || !['skip', 'todo'].includes(e.kind) || typeof e.reason !== 'string' || e.reason.trim() === '') {
-      throw new Error(`entry ${i} needs file, test, kind (skip|todo) and a reason`);
+    if (typeof e.file !== 'string' || typeof e.test !== 'string' || e.test === '' || !['skip', 'todo'].includes(e.kind) || typeof e.reason !== 'string' || e.reason.trim() === '') {
+      throw new Error(`entry ${i} needs file, test (not empty: it would allow the whole file), kind (skip|todo) and a reason`);
     }
   }
   allowList = parsed.allowed;
@@ -87,7 +87,7 @@ const POINT = /^( *)(not )?ok\b(?: \d+)?(?: - ([^#]*))?(?:#\s*(\S+)\s*(.*))?$/;
 const SUBTEST = /^( *)# Subtest: (.*)$/;
 const tap = { passed: 0, failed: 0, files: 0, failedFiles: [] };
 let plan = null;
-let file = { passed: 0, failed: 0, skipped: 0 };
+let file = { passed: 0, failed: 0 };
 /** Skips and todos of the file being read (its name comes with its last line). */
 let fileSkips = [];
 /** Every skip and todo of the run, with its file. */
@@ -131,12 +131,12 @@ for (const l of tapLines) {
   const kind = directive === 'SKIP' ? 'skip' : directive === 'TODO' ? 'todo' : null;
   if (kind && depth > 0) {
     // the path of the point below the file: enclosing subtests, then itself
-    fileSkips.push({ kind, test: [...names.slice(1, depth), description].join(' > '), reason: (m[5] ?? '').trim(), ok });
+    fileSkips.push({ kind, test: [...names.slice(1, depth), description].join(' > '), reason: (m[5] ?? '').trim() });
   }
   if (depth === 1) {
-    if (kind) file.skipped += 1;
-    else if (ok) file.passed += 1;
-    else file.failed += 1;
+    // a skip or todo is listed (fileSkips), not counted as passed or failed
+    if (!kind && ok) file.passed += 1;
+    else if (!kind) file.failed += 1;
   } else if (depth === 0) {
     // The point for a whole test file: its top-level points are complete.
     tap.files += 1;
@@ -148,12 +148,12 @@ for (const l of tapLines) {
       if (file.failed === 0) tap.failed += 1;
     } else if (kind) {
       // tap skips a whole file that registered no test ("no tests found")
-      fileSkips.push({ kind, test: '(the whole file)', reason: (m[5] ?? '').trim(), ok });
+      fileSkips.push({ kind, test: '(the whole file)', reason: (m[5] ?? '').trim() });
     }
     for (const s of fileSkips) skips.push({ file: fileName, ...s });
     fileSkips = [];
     names.length = 0;
-    file = { passed: 0, failed: 0, skipped: 0 };
+    file = { passed: 0, failed: 0 };
   }
 }
 if (plan !== null && tap.files < plan) {
@@ -171,7 +171,7 @@ for (const s of skips) {
 }
 
 // --- total ------------------------------------------------------------------------
-let passed = ctest.passed + tap.passed;
+const passed = ctest.passed + tap.passed;
 let failed = ctest.failed + tap.failed + unexplained.length;
 if (!ctest.ran) {
   failed += 1;

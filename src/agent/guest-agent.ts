@@ -163,13 +163,10 @@ export class GuestAgent {
     // a command that cannot start says so on its own stderr stream, like any output
     // (and exits 127, like a shell's "command not found" and symbio-mpirun's own mpirun that
     // cannot start: node reports the negative errno as the code, which no exit status is)
-    let failedToStart = false;
-    child.once('error', (err) => {
-      failedToStart = child.pid === undefined;
-      pipe('stderr')(Buffer.from(`symbio agent: cannot run ${argv[0]}: ${err.message}\n`));
-    });
+    child.once('error', (err) => pipe('stderr')(Buffer.from(`symbio agent: cannot run ${argv[0]}: ${err.message}\n`)));
     child.once('close', (code, signal) => {
-      run.exit = { code: failedToStart ? 127 : code ?? 128 + (signal ? (osConstants.signals as Record<string, number>)[signal] ?? 0 : 0), signal };
+      // no pid: it never started
+      run.exit = { code: child.pid === undefined ? 127 : code ?? 128 + (signal ? (osConstants.signals as Record<string, number>)[signal] ?? 0 : 0), signal };
       this.#log.info({ job: job.id, code, signal }, 'command ended');
       this.#emit({ event: 'exit', job: job.id, ...run.exit, stdout: run.bytes.stdout, stderr: run.bytes.stderr }, 0);
     });

@@ -69,8 +69,10 @@ export async function listBuiltinPlugins(): Promise<BuiltinPlugin[]> {
     const files = readdirSync(dir).filter((f) => /\.(js|ts)$/.test(f) && !f.endsWith('.d.ts')).sort();
     for (const file of files) {
       const mod = (await import(pathToFileURL(join(dir, file)).href)) as { default?: unknown };
+      if (mod.default === undefined) continue; // a helper module, not a plugin
+      // a shipped plugin that does not check out is a bug to show, not to hide from the list
       const shape = pluginShape.safeParse(mod.default);
-      if (!shape.success) continue; // a helper module, not a plugin
+      if (!shape.success) throw new Error(`built-in plugin ${group}/${file} is not a valid plugin: ${shape.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
       const p = shape.data;
       out.push({
         use: `symbio/plugins/${group}/${file.replace(/\.(js|ts)$/, '')}`,

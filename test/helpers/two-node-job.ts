@@ -33,8 +33,16 @@ export async function twoNodeJob(tt: { teardown(fn: () => unknown): void }, o: {
     agents.forEach((a) => a.close());
   });
   await Promise.all(agents.map((a) => a.waitForRanks(2, 60_000)));
-  return { agents, done };
+  return { agents };
 }
+
+/** Every rank's state, as `node:worldRank:state` (empty slots left out). */
+export function rankStates(agents: readonly NodeAgent[]): string[] {
+  return agents.flatMap((a) => a.snapshot().ranks.filter((r) => r.state !== 'empty').map((r) => `${a.node}:${r.worldRank}:${r.state}`));
+}
+
+/** Every rank runs (none held, frozen or gone). */
+export const allRanksRunning = (agents: readonly NodeAgent[]): boolean => rankStates(agents).every((s) => s.endsWith(':running'));
 
 /**
  * A node as the controller sees it: the real NodeAgent, which can be told to

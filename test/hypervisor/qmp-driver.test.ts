@@ -20,7 +20,7 @@ import { CheckpointError, checkpointVm, manifestFileName, stateFileName } from '
 import { QmpError } from '../../src/hypervisor/qmp/client.js';
 import { sendFd } from '../../src/native.js';
 import { logger } from '../../src/log.js';
-import { pino } from 'pino';
+import { captureLogger } from '../helpers/log.js';
 
 const log = logger.child({ test: 'qmp-driver' });
 log.level = process.env.SYMBIO_TEST_LOG ?? 'error';
@@ -250,12 +250,6 @@ t.test('checkpoint, kill, restore: the guest comes back exactly; a bad file is r
   t.same(restoreQemus, [], 'no QEMU left running by the refused restores');
 });
 
-/** A logger that keeps its JSON lines (to see which way a checkpoint went). */
-function capturingLogger(): { log: typeof log; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const l = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
-  return { log: l, lines };
-}
 
 /** Whether `cond` holds within `ms` (polled). */
 async function within(ms: number, cond: () => boolean): Promise<boolean> {
@@ -286,7 +280,7 @@ t.test('checkpoint through a descriptor QEMU writes itself, and through the sock
   for (const via of ['fd', 'socket'] as const) {
     const ck = join(dir, `ckpt-${via}`);
     mkdirSync(ck);
-    const c = capturingLogger();
+    const c = captureLogger();
     const m = await checkpointVm(vm, ck, { log: c.log, via });
     const written = c.lines.find((l) => l.msg === 'checkpoint written');
     t.equal(written?.via, via, `the state went through the ${via === 'fd' ? 'descriptor' : 'socket'}`);
@@ -314,7 +308,7 @@ t.test('checkpoint through a descriptor QEMU writes itself, and through the sock
   // version uses; a real QEMU refuses only without SCM_RIGHTS): the socket takes over
   const ck = join(dir, 'ckpt-fallback');
   mkdirSync(ck);
-  const c = capturingLogger();
+  const c = captureLogger();
   const getfd = vm.qmp.getfd.bind(vm.qmp);
   const addFd = vm.qmp.addFd.bind(vm.qmp);
   vm.qmp.getfd = () => Promise.reject(new QmpError('getfd', 'GenericError', 'No file descriptor supplied via SCM_RIGHTS'));

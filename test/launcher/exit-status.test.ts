@@ -24,13 +24,12 @@ const plain = (args: string[], e: NodeJS.ProcessEnv = {}) => run('mpirun', [...m
 const symbio = (args: string[], e: NodeJS.ProcessEnv = {}) => run(process.execPath, [symbioMpirun, ...mpiCommon, '-np', '2', prog('exit_with'), ...args], { ...env, ...e });
 
 t.test('a specific non-zero exit code of a rank (7, rank 0) passes through exactly', async (t) => {
-  for (const [args, want] of [[['exit', '7', '0'], 7]] as const) {
-    const p = await plain([...args]);
-    t.equal(p.code, want, `plain mpirun: ${args.join(' ')} -> ${want}`);
-    const s = await symbio([...args]);
-    t.equal(s.code, p.code, `symbio-mpirun: ${args.join(' ')} -> ${s.code}, as mpirun`);
-    t.equal(s.stdout, p.stdout, 'same output');
-  }
+  const args = ['exit', '7', '0'];
+  const p = await plain(args);
+  t.equal(p.code, 7, `plain mpirun: ${args.join(' ')} -> 7`);
+  const s = await symbio(args);
+  t.equal(s.code, p.code, `symbio-mpirun: ${args.join(' ')} -> ${s.code}, as mpirun`);
+  t.equal(s.stdout, p.stdout, 'same output');
 });
 
 t.test('a rank killed by a signal: 128+N, as mpirun', async (t) => {
@@ -110,7 +109,7 @@ t.test('a job id in use: the second launcher is refused, the first job is unharm
   const desc = await waitForJob(jobId, 2);
   const before = readFileSync(descriptionPath(runtimeDir(), jobId), 'utf8');
 
-  const second = await run(process.execPath, [symbioMpirun, '--job-id', jobId, ...mpiCommon, '-np', '2', prog('exit_with'), 'exit', '0'], env);
+  const second = await run(process.execPath, [symbioMpirun, '--job-id', jobId, ...mpiCommon, '-np', '2', prog('exit_with'), 'exit', '5'], env);
   t.equal(second.code, 2, 'second launcher: exit code 2');
   t.equal(second.stdout, '', 'its job never started');
   t.match(second.stderr, new RegExp(`^symbio-mpirun: job id ${jobId}: .* is in use: .*pick another --job-id\\n$`), `one clear line: ${second.stderr}`);

@@ -8,6 +8,7 @@ import t from 'tap';
 import { JobQuiescer, type ParticipantReport, type QuiesceParticipant } from '../../src/quiesce/job-quiescer.js';
 import type { RankSnapshot } from '../../src/quiesce/snapshot.js';
 import { logger } from '../../src/log.js';
+import { waitFor } from '../helpers/wait.js';
 
 const log = logger.child({ test: 'job-quiescer' });
 log.level = 'silent';
@@ -94,7 +95,7 @@ t.test('close() while quiescing: the attempt ends and no FREEZE follows', async 
   const q = new JobQuiescer([a, late], { stallMs: 5_000, log });
   const p = q.quiesce({ freeze: true, timeoutMs: 5_000 });
   // close once the quiesce is under way: both nodes told to hold (the state, not a guessed time)
-  while (!(a.calls.includes('hold 1') && late.calls.includes('hold 1'))) await new Promise((r) => setTimeout(r, 1));
+  await waitFor(() => a.calls.includes('hold 1') && late.calls.includes('hold 1'), 5_000, 'both nodes told to hold', 1);
   q.close();
   await t.rejects(p, { name: 'QuiesceAbortedError', kind: 'closed' });
   t.same(a.calls, ['hold 1', 'resume'], 'held, then resumed; never frozen');

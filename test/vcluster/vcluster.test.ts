@@ -33,6 +33,7 @@ import {
   vclusterUp,
 } from '../../src/vcluster/vcluster.js';
 import { mpiCommon, prog, run, start, symbioCli } from '../helpers/mpi.js';
+import { waitFor } from '../helpers/wait.js';
 
 const log = logger.child({ test: 'vcluster' });
 log.level = process.env.SYMBIO_TEST_LOG ?? 'error';
@@ -72,15 +73,6 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   );
   await exec('vm0', ['pkill', '-9', 'mpirun']);
   throw new Error(`${what} did not end within ${ms / 1000} s; the guests:\n${diag.join('\n')}`);
-}
-
-/** Poll `cond` until it holds; fail with `what` after `ms`. */
-async function waitFor(cond: () => Promise<boolean>, ms: number, what: string): Promise<void> {
-  const t0 = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - t0 > ms) throw new Error(`waited ${ms / 1000} s for ${what}`);
-    await sleep(250);
-  }
 }
 
 t.test('up: two VMs and a spare slot, reachable over ssh', async (t) => {
@@ -147,7 +139,7 @@ t.test('the interconnect NIC unplugged and plugged back, as the guest sees it', 
 t.test('raw live migration of vm1 in the middle of an MPI job: the job finishes with the exact result', async (t) => {
   const job = exec(0, mpirunInGuest);
   // the job's ranks run on vm1 before it moves
-  await waitFor(async () => (await exec(1, ['pgrep', '-c', '-x', 'halo2d'])).stdout.trim() === '2', 120_000, "the job's two ranks on vm1");
+  await waitFor(async () => (await exec(1, ['pgrep', '-c', '-x', 'halo2d'])).stdout.trim() === '2', 120_000, "the job's two ranks on vm1", 250);
   const m = await vclusterMigrate(NAME, 'vm1', { log, migration: { mode: 'precopy' } });
   t.same([m.from, m.to], [1, 2]);
   t.equal(m.result.status, 'completed');
@@ -164,7 +156,7 @@ t.test('precopy, postcopy and hybrid moves of a guest dirtying memory: it keeps 
   // (or as a guest that stops reporting). QEMU 7.2 broke TCG guests in precopy
   // now and then (docs/performance.md); QEMU 10 does not, so this is a plain check.
   await exec(0, ['sh', '-c', 'nohup /opt/symbio/build/mpi/dirty-mem --mib 96 --rate 24 --seconds 60 > /tmp/dirty.out 2>&1 &']);
-  await waitFor(async () => (await exec(0, ['cat', '/tmp/dirty.out'])).stdout.includes('dirty-mem start'), 60_000, 'dirty-mem to fill its memory');
+  await waitFor(async () => (await exec(0, ['cat', '/tmp/dirty.out'])).stdout.includes('dirty-mem start'), 60_000, 'dirty-mem to fill its memory', 250);
   const lines = async () => (await exec(0, ['cat', '/tmp/dirty.out'])).stdout.split('\n').length;
   for (const mode of ['precopy', 'postcopy', 'hybrid'] as const) {
     const before = await lines();
@@ -174,11 +166,10 @@ t.test('precopy, postcopy and hybrid moves of a guest dirtying memory: it keeps 
     t.equal(m.result.status, 'completed', `${mode}: completed`);
     if (mode === 'precopy') t.equal(m.result.postcopyStartedAtMs, null, 'precopy: never switched to postcopy');
     else t.not(m.result.postcopyStartedAtMs, null, `${mode}: switched to postcopy`);
-    await waitFor(async () => (await lines()) > before, 30_000, `${mode}: the program to report again after the move`);
-    t.pass(`${mode}: the program is still reporting after the move`);
+    await waitFor(async () => (await lines()) > before, 30_000, `${mode}: the program to report again after the move`, 250);
   }
   let out = '';
-  await waitFor(async () => /dirty-mem (ok|CORRUPT)/.test((out = (await exec(0, ['cat', '/tmp/dirty.out'])).stdout)), 120_000, 'dirty-mem to finish');
+  await waitFor(async () => /dirty-mem (ok|CORRUPT)/.test((out = (await exec(0, ['cat', '/tmp/dirty.out'])).stdout)), 120_000, 'dirty-mem to finish', 250);
   t.match(out, /dirty-mem ok/, 'every page checked out after the three migrations');
 });
 
@@ -186,21 +177,18 @@ t.test('checkpoint, kill, restore one VM: its program goes on and is correct', a
   const dir = mkdtempSync(join(tmpdir(), 'symbio-vc-ckpt-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   await exec(1, ['sh', '-c', 'nohup /opt/symbio/build/mpi/dirty-mem --mib 64 --rate 8 --seconds 25 > /tmp/dirty.out 2>&1 &']);
-  await waitFor(async () => (await exec(1, ['cat', '/tmp/dirty.out'])).stdout.includes('dirty-mem start'), 60_000, 'dirty-mem to fill its memory');
+  await waitFor(async () => (await exec(1, ['cat', '/tmp/dirty.out'])).stdout.includes('dirty-mem start'), 60_000, 'dirty-mem to fill its memory', 250);
   const m = await vclusterCheckpoint(NAME, 'vm1', dir, log);
   t.ok(m.stateBytes > 64 * 2 ** 20, 'the dirtied memory is in the checkpoint');
   t.ok(m.stateBytes < 384 * 2 ** 20, `${m.stateBytes} bytes: below guest memory (zero pages)`);
   const v = readState(NAME)!.vms[1]!;
   process.kill(v.pid, 'SIGKILL');
-  await waitFor(async () => !pidAlive(v.pid), 10_000, 'the killed QEMU to be gone');
+  await waitFor(async () => !pidAlive(v.pid), 10_000, 'the killed QEMU to be gone', 250);
   await vclusterRestore(NAME, 'vm1', join(dir, 'vm1.manifest.json'), { log });
   const st = await vclusterStatus(NAME, log);
   t.same(st.vms.filter((x) => x.name === 'vm1').map((x) => [x.alive, x.state]), [[true, 'running']], 'vm1 runs again from its checkpoint');
   let out = '';
-  for (let i = 0; i < 90 && !/dirty-mem (ok|CORRUPT)/.test(out); i++) {
-    await sleep(1000);
-    out = (await exec(1, ['cat', '/tmp/dirty.out'])).stdout;
-  }
+  await waitFor(async () => /dirty-mem (ok|CORRUPT)/.test((out = (await exec(1, ['cat', '/tmp/dirty.out'])).stdout)), 90_000, 'dirty-mem to finish', 1000);
   t.match(out, /dirty-mem ok/, 'the restored guest finished its program with every page correct');
 });
 

@@ -38,7 +38,7 @@ import { z } from 'zod';
 import type { Logger } from '../../log.js';
 import { fsyncPath, sha256File, writeFileAtomic } from '../../util/files.js';
 import { connectOnce, NOT_YET_LISTENING } from '../../util/unix-socket.js';
-import { migrationOptionsSchema, prepareIncoming, prepareOutgoing, runOutgoingMigration, type MigrationOptions } from './migration.js';
+import { atLeast, migrationOptionsSchema, prepareIncoming, prepareOutgoing, runOutgoingMigration, type MigrationOptions, type QemuVersion } from './migration.js';
 import { QmpConnectionError, QmpTimeoutError } from '../qmp/client.js';
 import { QemuVm, type QemuStartOptions } from './qemu-vm.js';
 import { vmSpecSchema, type VmSpec } from './vm-spec.js';
@@ -138,20 +138,13 @@ interface Saved {
   uri?: string;
 }
 
-/** QEMU migrates to `file:/dev/fdset/N` from 9.0 on (9.1 deprecates `fd:` for files). */
-const fileUriSince = { major: 9, minor: 0 };
-
-interface QemuVersionNumbers {
-  readonly major: number;
-  readonly minor: number;
-}
-
 /**
  * Give QEMU the state file to migrate into: the URI to migrate to and how to
  * drop QEMU's hold of the file afterwards (or if `migrate` never takes it).
  */
-async function handOverStateFile(vm: QemuVm, path: string, fd: number, qemu: QemuVersionNumbers): Promise<{ uri: string; release: () => Promise<void> }> {
-  if (qemu.major > fileUriSince.major || (qemu.major === fileUriSince.major && qemu.minor >= fileUriSince.minor)) {
+async function handOverStateFile(vm: QemuVm, path: string, fd: number, qemu: QemuVersion): Promise<{ uri: string; release: () => Promise<void> }> {
+  // QEMU migrates to file:/dev/fdset/N from 9.0 on (and 9.1 deprecates fd: for files)
+  if (atLeast(qemu, 9, 0)) {
     // QEMU opens /dev/fdset/N write-only and dups the set's descriptor of that access mode: give it one
     const wfd = openSync(path, fsConstants.O_WRONLY);
     try {
@@ -164,8 +157,19 @@ async function handOverStateFile(vm: QemuVm, path: string, fd: number, qemu: Qem
   const name = `symbio-checkpoint-${process.pid}-${++fdNames}`;
   await vm.qmp.getfd(name, fd);
   // `migrate` takes the descriptor from QEMU's list when it starts; if it never
-  // gets that far, drop it (QEMU holds an open file otherwise)
+  // got that far, this drops it (QEMU holds an open file otherwise); after a
+  // migration that took it, QEMU refuses the name, which is fine
   return { uri: `fd:${name}`, release: () => vm.qmp.execute('closefd', { fdname: name }).then(() => undefined, () => undefined) };
+}
+
+/**
+ * A save that failed on symbio's side: QEMU's side must be over before the
+ * guest is continued (and the migration loop must not poll on for its whole
+ * timeout).
+ */
+async function cancelSave(vm: QemuVm, migration: Promise<unknown>): Promise<void> {
+  await vm.qmp.execute('migrate_cancel').catch(() => undefined);
+  await migration.catch(() => undefined);
 }
 
 /** When each phase of a save ended, ms after it began (logged: where the time goes). */
@@ -289,7 +293,7 @@ export async function followWrites(fd: number, writer: Promise<unknown>, mark: (
  * over QMP; null (and no file) when QEMU could not be handed one, so the
  * caller can take the socket way instead.
  */
-async function saveThroughFd(vm: QemuVm, path: string, qemu: QemuVersionNumbers, opts: MigrationOptions, log: Logger, mark: (phase: string) => void, stop: () => Promise<void>): Promise<Saved | null> {
+async function saveThroughFd(vm: QemuVm, path: string, qemu: QemuVersion, opts: MigrationOptions, log: Logger, mark: (phase: string) => void, stop: () => Promise<void>): Promise<Saved | null> {
   // read and write: QEMU writes through its descriptor (sequentially, on the
   // shared file offset), symbio reads with positioned reads through this one
   const fd = openSync(path, 'wx+', 0o600);
@@ -312,17 +316,13 @@ async function saveThroughFd(vm: QemuVm, path: string, qemu: QemuVersionNumbers,
     const migration = runOutgoingMigration(vm, target.uri, opts, { log });
     migration.then(() => mark('qemu'), () => undefined);
     // QEMU keeps the file open until its fd set is removed (file:) or while fd:NAME was never taken
-    const released = migration.then(
-      () => (target.uri.startsWith('file:') ? target.release() : undefined),
-      () => target.release(),
-    );
+    const released = migration.then(target.release, target.release);
     let hashed: { bytes: number; sha256: string };
     try {
       hashed = await followWrites(fd, migration, mark);
     } catch (err) {
-      // no file, no point: stop QEMU's side too before the guest is continued
-      await vm.qmp.execute('migrate_cancel').catch(() => undefined);
-      await migration.catch(() => undefined);
+      // no file, no point
+      await cancelSave(vm, migration);
       throw err;
     }
     await migration;
@@ -363,12 +363,7 @@ async function saveThroughSocket(
     mark('fsync');
     return { bytes: counter.bytes, sha256: counter.hash.digest('hex'), via: 'socket' };
   } catch (err) {
-    // QEMU's side must be over before the guest is continued (and the
-    // migration loop must not poll on for its whole timeout)
-    if (migration) {
-      await vm.qmp.execute('migrate_cancel').catch(() => undefined);
-      await migration.catch(() => undefined);
-    }
+    if (migration) await cancelSave(vm, migration);
     throw err;
   } finally {
     server?.close();

@@ -55,7 +55,8 @@ export interface QemuVersion {
   readonly minor: number;
   readonly micro: number;
 }
-const atLeast = (v: QemuVersion, major: number, minor: number) => v.major > major || (v.major === major && v.minor >= minor);
+/** `v` is major.minor or newer. */
+export const atLeast = (v: QemuVersion, major: number, minor: number): boolean => v.major > major || (v.major === major && v.minor >= minor);
 const vstr = (v: QemuVersion) => `${v.major}.${v.minor}.${v.micro}`;
 
 /**

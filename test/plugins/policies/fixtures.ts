@@ -3,9 +3,8 @@
  * recording PluginActions (a controller stand-in whose view the test
  * controls), a logger whose lines the test can read, and a tolerance check.
  */
-import { pino } from 'pino';
 import type { ClusterView, Decision, HostState, JobView, OperationRecord, PluginActions } from '../../../src/index.js';
-import type { Logger } from '../../../src/log.js';
+import { waitFor as waitUntil } from '../../helpers/wait.js';
 
 /** The one assertion `near` needs, so it works with any tap Test. */
 export interface Asserter {
@@ -89,20 +88,9 @@ export class RecordingActions implements PluginActions {
   }
 }
 
-/** A pino logger at info whose JSON lines land in `lines`. */
-export function captureLogger(): { log: Logger; lines: Array<Record<string, unknown>> } {
-  const lines: Array<Record<string, unknown>> = [];
-  const log = pino({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) });
-  return { log, lines };
-}
+export { captureLogger } from '../../helpers/log.js';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Resolve once `cond()` holds (polled every 2 ms); reject after `timeoutMs`. */
-export async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(2);
-  }
-}
+export const waitFor = (cond: () => boolean, timeoutMs: number, what: string): Promise<void> => waitUntil(cond, timeoutMs, what, 2);
