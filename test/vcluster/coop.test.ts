@@ -223,11 +223,22 @@ t.test('job B: checkpoint, disk full, corrupt and truncated checkpoints, restart
   t.ok((await vclusterStatus(NAME, log)).vms.every((v) => v.alive), 'the VMs were not touched by the refused restarts');
 
   // Every QEMU dies; the job restarts from the good checkpoint on other slots.
+  // The QEMUs die once the restart is under way: this job has no policy that
+  // acts on failures, so a VM found dead outside an operation (the failure
+  // detector polls every 250 ms; during an operation it is quiet) ends the job
+  // as lost, and a kill before the request raced that.
   const old = { vm0: slotOf('vm0'), vm1: slotOf('vm1') };
-  await backend.kill(['vm0', 'vm1']);
   const free = backend.freePlaces().filter((p) => !Object.values(old).includes(p));
   t.equal(free.length, 2, `two slots the VMs did not run in: ${free.join(', ')}`);
-  const restarted = await controller.request({ kind: 'restart', requestedBy: 'test', params: { manifest: good, places: { vm0: free[0]!, vm1: free[1]! } } });
+  let killing: Promise<void> | null = null;
+  const restarted = await controller.request({
+    kind: 'restart',
+    requestedBy: 'test',
+    params: { manifest: good, places: { vm0: free[0]!, vm1: free[1]! } },
+    onProgress: () => void (killing ??= backend.kill(['vm0', 'vm1'])),
+  });
+  t.ok(killing, 'every QEMU was killed while the restart ran');
+  await killing;
   t.ok(restarted.ok, `restarted (${restarted.error ?? 'ok'})`);
   t.same({ vm0: slotOf('vm0'), vm1: slotOf('vm1') }, { vm0: free[0], vm1: free[1] }, 'on the slots asked for');
 
